@@ -1,0 +1,104 @@
+"""Fixtures: an app on a fresh SQLite file and on a real PostgreSQL, for every HTTP test.
+
+PostgreSQL is the one at VITASYNC_TEST_POSTGRES (default: 127.0.0.1:5432, database `test`). Where it
+is not running the PostgreSQL half of the suite skips with the reason, unless CI=true is set:
+then it fails, because CI must test what production runs on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from vitasync_fhir import migrations
+from vitasync_fhir.app import create_app
+from vitasync_fhir.config import Settings
+from vitasync_fhir.schema import metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SYNTHEA = SHARED / "data" / "synthea-r4"
+PG_SERVER = os.environ.get("VITASYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BASE_URL = "http://testserver"
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where every real service must be there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required)")
+    pytest.skip(reason)
+
+
+def _pg_dsn(database: str) -> str:
+    return f"{PG_SERVER}/{database}".replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(worker_id: str) -> Iterator[str]:
+    name = f"vitasync_test_{worker_id}"
+    try:
+        with psycopg.connect(_pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        unavailable(f"PostgreSQL is not reachable at {PG_SERVER}: {error}")
+    url = f"{PG_SERVER}/{name}"
+    migrations.upgrade(url)
+    yield url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def worker_id(request: pytest.FixtureRequest) -> str:
+    return getattr(request.config, "workerinput", {}).get("workerid", "main")
+
+
+def _empty_postgres(url: str) -> None:
+    engine = create_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "vitasync.sqlite3"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, base_url=BASE_URL, data_dir=tmp_path / "var")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), base_url=BASE_URL) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def synthea_dir() -> Path:
+    if not SYNTHEA.is_dir():
+        unavailable(f"the Synthea sample data is not at {SYNTHEA} (it ships beside the repo in CI)")
+    return SYNTHEA

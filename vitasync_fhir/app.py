@@ -1,0 +1,38 @@
+"""create_app(): the ASGI application with the FHIR and /api faces on one store."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from vitasync_fhir import __version__, errors
+from vitasync_fhir.config import Settings, settings as default_settings
+from vitasync_fhir.db import Database
+from vitasync_fhir.fhir.router import router as fhir_router
+from vitasync_fhir.fhir.search.routes import router as search_router
+from vitasync_fhir.limits import BodyLimit
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or default_settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        await app.state.db.dispose()
+
+    app = FastAPI(
+        title="VitaSync FHIR",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings)
+    errors.install(app)
+    app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
+    app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

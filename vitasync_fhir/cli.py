@@ -1,0 +1,65 @@
+"""The `vitasync-fhir` command."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+import uvicorn
+
+from vitasync_fhir import migrations
+from vitasync_fhir.config import Settings
+from vitasync_fhir.db import is_sqlite
+
+cli = typer.Typer(help="VitaSync FHIR server", no_args_is_help=True, add_completion=False)
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+    port: int = typer.Option(8000, help="Port to listen on"),
+    workers: int = typer.Option(1, help="Worker processes"),
+) -> None:
+    """Run the server (an embedded SQLite database is migrated on first start)."""
+    settings = Settings()
+    if is_sqlite(settings.database_url):
+        migrations.upgrade(settings.database_url)
+    typer.echo(f"VitaSync FHIR on http://{host}:{port}/fhir  (database: {settings.database_url})")
+    uvicorn.run(
+        "vitasync_fhir.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the configured database to the newest schema (alembic upgrade head)."""
+    settings = Settings()
+    migrations.upgrade(settings.database_url)
+    typer.echo("database is at the newest schema")
+
+
+@cli.command()
+def reindex() -> None:
+    """Rebuild every search index from the stored resources."""
+    from vitasync_fhir.db import Database
+    from vitasync_fhir.fhir.search.index import reindex as rebuild
+
+    async def run() -> int:
+        database = Database(Settings())
+        try:
+            return await rebuild(database)
+        finally:
+            await database.dispose()
+
+    count = asyncio.run(run())
+    typer.echo(f"reindexed {count} resources")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,147 @@
+"""Engines and sessions; the one place that commits or rolls back a request's work."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from vitasync_fhir.config import Settings
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+AfterCommit = Callable[[], Awaitable[None] | None]
+
+
+def sync_url(url: str) -> URL:
+    """The URL for the synchronous driver (alembic, CLI, background tasks)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "sqlite+aiosqlite":
+        parsed = parsed.set(drivername="sqlite")
+    return parsed
+
+
+def async_url(url: str) -> URL:
+    parsed = sync_url(url)
+    if parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(str(url) if isinstance(url, URL) else url).get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _engine_options(settings: Settings) -> dict:
+    if is_sqlite(settings.database_url):
+        return {}
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_pool_size,
+        "pool_pre_ping": True,
+        "pool_timeout": 10,
+        "connect_args": {
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "connect_timeout": 5,
+        },
+    }
+
+
+def make_sync_engine(settings: Settings) -> Engine:
+    engine = create_engine(sync_url(settings.database_url), **_engine_options(settings))
+    if is_sqlite(settings.database_url):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Database:
+    """The engines of one configured database, owned by the app or a command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.database_url
+        self.sqlite = is_sqlite(self.url)
+        self.engine: AsyncEngine = create_async_engine(
+            async_url(self.url), **_engine_options(settings)
+        )
+        if self.sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:
+        """Run `work` in its own unit of work: commit on success, roll back on error."""
+        async with self.sessions() as session:
+            async with unit_of_work(session):
+                return await work(session)
+
+
+def mark_written(session: AsyncSession) -> None:
+    """Tell the unit of work that this session changed data and must commit."""
+    session.info["written"] = True
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once the session's transaction has committed; never if it rolls back."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+class unit_of_work:  # noqa: N801 - used as a context manager, reads like a statement
+    """Commit on success, roll back on any error, then run the after-commit callbacks."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> AsyncSession:
+        return self.session
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        session = self.session
+        callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
+        written = session.info.pop("written", False)
+        if exc_type is not None:
+            await session.rollback()
+            return
+        if written:
+            await session.commit()
+        else:
+            await session.rollback()
+        for callback in callbacks:
+            result = callback()
+            if result is not None:
+                await result
+
+
+async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
+    database: Database = request.app.state.db
+    async with database.sessions() as session:
+        async with unit_of_work(session):
+            yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_request_session, scope="function")]

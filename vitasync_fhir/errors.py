@@ -1,0 +1,97 @@
+"""Every error leaves through `error_response`: OperationOutcome on /fhir, {"error", "detail"} elsewhere."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome_bytes
+
+log = logging.getLogger("vitasync_fhir")
+
+_HTTP_CODES = {
+    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+    406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-long",
+    415: "not-supported", 422: "processing", 429: "throttled", 503: "transient",
+}
+_API_ERRORS = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 410: "gone",
+    412: "precondition_failed", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+}
+
+
+def error_response(
+    request: Request, status: int, issues: list[Issue], *, headers: dict[str, str] | None = None
+) -> Response:
+    """The one place that renders an error for any path."""
+    if request.url.path.startswith("/fhir"):
+        return Response(
+            content=outcome_bytes(issues),
+            status_code=status,
+            media_type="application/fhir+json; charset=utf-8",
+            headers=headers,
+        )
+    detail: object = issues[0].diagnostics if len(issues) == 1 else [
+        {"field": i.expression, "message": i.diagnostics} for i in issues
+    ]
+    if len(issues) == 1 and issues[0].expression:
+        detail = [{"field": issues[0].expression, "message": issues[0].diagnostics}]
+    return JSONResponse(
+        {"error": _API_ERRORS.get(status, "error"), "detail": detail}, status_code=status, headers=headers
+    )
+
+
+def _transient(error: Exception) -> bool:
+    if isinstance(error, PoolTimeout):
+        return True
+    if isinstance(error, OperationalError):
+        return True
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated or "statement timeout" in str(error.orig)
+    return False
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def _fhir(request: Request, error: FhirError) -> Response:
+        return error_response(request, error.status, error.issues, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(error.status_code, "processing")
+        message = str(error.detail) if error.detail else "Error"
+        return error_response(request, error.status_code, [Issue(code, message)], headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> Response:
+        issues = [
+            Issue("invalid", str(e.get("msg")), expression=".".join(str(p) for p in e.get("loc", ())))
+            for e in error.errors()
+        ]
+        status = 400 if request.url.path.startswith("/fhir") else 422
+        return error_response(request, status, issues or [Issue("invalid", "Invalid request")])
+
+    async def _database(request: Request, error: Exception) -> Response:
+        if not _transient(error):
+            return await _unexpected(request, error)
+        log.warning("database unavailable: %s", error.__class__.__name__)
+        return error_response(
+            request, 503, [Issue("transient", "The database is unavailable; retry shortly")],
+            headers={"Retry-After": "2"},
+        )
+
+    for kind in (DBAPIError, PoolTimeout):
+        app.add_exception_handler(kind, _database)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, [Issue("exception", "Internal server error")])

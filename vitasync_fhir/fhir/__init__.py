@@ -1,0 +1,1 @@
+"""The FHIR R4 REST surface and the resource store."""

@@ -1,0 +1,111 @@
+"""The CapabilityStatement, generated from the routes the app really has.
+
+Interactions come from matching each mounted route against the table below, search parameters
+from the search engine's definitions: nothing here is a hand-kept list of what works.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import FastAPI
+from starlette.routing import Route
+
+from vitasync_fhir import __version__
+from vitasync_fhir.fhir.models import resource_types
+from vitasync_fhir.fhir.outcomes import dumps
+
+# (method, path shape under /fhir) -> (level, interaction code)
+INTERACTIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/{}/{}"): ("type", "read"),
+    ("GET", "/{}/{}/_history/{}"): ("type", "vread"),
+    ("PUT", "/{}/{}"): ("type", "update"),
+    ("PATCH", "/{}/{}"): ("type", "patch"),
+    ("DELETE", "/{}/{}"): ("type", "delete"),
+    ("GET", "/{}/{}/_history"): ("type", "history-instance"),
+    ("GET", "/{}/_history"): ("type", "history-type"),
+    ("POST", "/{}"): ("type", "create"),
+    ("GET", "/{}"): ("type", "search-type"),
+    ("POST", ""): ("system", "transaction"),
+    ("GET", "/_history"): ("system", "history-system"),
+    ("GET", ""): ("system", "search-system"),
+}
+CONDITIONAL = {
+    ("PUT", "/{}"): "conditionalUpdate",
+    ("DELETE", "/{}"): "conditionalDelete",
+}
+_PARAM = re.compile(r"\{[^}]+\}")
+
+
+def _shapes(app: FastAPI) -> set[tuple[str, str]]:
+    shapes = set()
+    for route in app.routes:
+        if not isinstance(route, Route) or not route.path.startswith("/fhir"):
+            continue
+        shape = _PARAM.sub("{}", route.path[len("/fhir"):]).rstrip("/")
+        for method in route.methods or ():
+            shapes.add((method, shape))
+    return shapes
+
+
+def _search_params(resource_type: str) -> list[dict]:
+    from vitasync_fhir.fhir.search.registry import search_parameters
+
+    return search_parameters(resource_type)
+
+
+def statement(app: FastAPI) -> dict:
+    settings = app.state.settings
+    shapes = _shapes(app)
+    implemented = [INTERACTIONS[s] for s in sorted(shapes) if s in INTERACTIONS]
+    type_level = sorted({code for level, code in implemented if level == "type"})
+    system_level = sorted({code for level, code in implemented if level == "system"})
+    if "transaction" in system_level:
+        system_level.append("batch")
+    conditional = {flag for shape, flag in CONDITIONAL.items() if shape in shapes}
+    resources = []
+    for name in sorted(resource_types()):
+        entry: dict = {
+            "type": name,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
+            "interaction": [{"code": code} for code in type_level],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": "create" in type_level,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": "conditionalUpdate" in conditional,
+            "conditionalDelete": "single" if "conditionalDelete" in conditional else "not-supported",
+        }
+        if "search-type" in type_level:
+            entry["searchParam"] = _search_params(name)
+        resources.append(entry)
+    operations = getattr(app.state, "operations", [])
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-27",
+        "publisher": "VitaSync FHIR",
+        "kind": "instance",
+        "software": {"name": "VitaSync FHIR", "version": __version__},
+        "implementation": {"description": "VitaSync FHIR server", "url": settings.fhir_base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": code} for code in system_level],
+                **({"operation": operations} if operations else {}),
+            }
+        ],
+    }
+
+
+def statement_text(app: FastAPI) -> str:
+    cached = getattr(app.state, "capability_text", None)
+    if cached is None:
+        cached = dumps(statement(app))
+        app.state.capability_text = cached
+    return cached

@@ -1,0 +1,97 @@
+"""History Bundles for an instance, a type or the whole system, keyset-paged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime
+from urllib.parse import urlencode
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir.responses import bundle, bundle_entry
+from vitasync_fhir.fhir.store import Store, Version
+
+_METHOD_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+_KNOWN = {"_count", "_since", "_cursor", "_total", "_format", "_pretty"}
+
+
+def _since(request: Request) -> datetime | None:
+    value = request.query_params.get("_since")
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise outcomes.bad_request(f"_since {value!r} is not an instant", expression="_since") from None
+    if moment.tzinfo is None:
+        raise outcomes.bad_request("_since needs a time zone, as an instant does", expression="_since")
+    return moment
+
+
+def _int_param(request: Request, name: str, default: int, *, maximum: int) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise outcomes.bad_request(f"{name} must be a whole number, not {value!r}", expression=name)
+    return min(int(value), maximum)
+
+
+def _entry(base: str, version: Version) -> str:
+    url = f"{version.resource_type}/{version.id}"
+    method = version.method or "PUT"
+    return bundle_entry(
+        full_url=f"{base}/{url}",
+        resource=version.content,
+        request={"method": method, "url": url if method != "POST" else version.resource_type},
+        response={
+            "status": _METHOD_STATUS.get(method, "200 OK"),
+            "etag": version.etag,
+            "lastModified": format_datetime(version.last_updated, usegmt=True),
+        },
+    )
+
+
+async def page(
+    request: Request,
+    session: AsyncSession,
+    *,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+) -> str:
+    """One page of a history Bundle as JSON text."""
+    unknown = sorted(set(request.query_params) - _KNOWN)
+    if unknown:
+        raise outcomes.bad_request(f"Unknown history parameter(s): {', '.join(unknown)}")
+    settings = request.app.state.settings
+    count = _int_param(request, "_count", settings.history_page_size, maximum=settings.max_page_size)
+    cursor_text = request.query_params.get("_cursor")
+    cursor = _int_param(request, "_cursor", 0, maximum=2**62) if cursor_text else None
+    since = _since(request)
+    store = Store(session)
+    rows = await store.history(
+        resource_type=resource_type, resource_id=resource_id, since=since,
+        before_seq=cursor, limit=count + 1,
+    )
+    more = len(rows) > count
+    rows = rows[:count]
+    total = None
+    if request.query_params.get("_total") == "accurate":
+        total = await store.history_count(
+            resource_type=resource_type, resource_id=resource_id, since=since
+        )
+    base = settings.fhir_base
+    path = "/".join(p for p in (resource_type, resource_id) if p)
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+    self_url = f"{base}/{path + '/' if path else ''}_history"
+    links = [("self", self_url + ("?" + urlencode(request.query_params.multi_items()) if request.url.query else ""))]
+    if more and rows:
+        links.append(("next", self_url + "?" + urlencode([*kept, ("_cursor", str(rows[-1][0]))])))
+    return bundle(
+        bundle_type="history",
+        total=total,
+        links=links,
+        entries=(_entry(base, version) for _, version in rows),
+    )

@@ -1,0 +1,210 @@
+"""HTTP for the FHIR REST interactions on single resources, history and the capability statement.
+
+Search routes live in `fhir/search/routes.py`; batch and transaction Bundles in `fhir/bundles.py`.
+Routes here only translate HTTP to `service.Resources` calls and back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from vitasync_fhir.db import SessionDep
+from vitasync_fhir.fhir import bundles, capability, history, outcomes
+from vitasync_fhir.fhir.responses import fhir_response, require_json_body
+from vitasync_fhir.fhir.service import Resources, Saved, check_type, parse_json
+from vitasync_fhir.fhir.store import Version
+
+router = APIRouter()
+
+JSON_PATCH = "application/json-patch+json"
+
+
+def version_headers(request: Request, version: Version, *, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": version.etag, "Last-Modified": format_datetime(version.last_updated, usegmt=True)}
+    if location:
+        base = request.app.state.settings.fhir_base
+        headers["Location"] = (
+            f"{base}/{version.resource_type}/{version.id}/_history/{version.version_id}"
+        )
+    return headers
+
+
+def written(request: Request, saved: Saved) -> Response:
+    """The answer to a create or update, shaped by the client's Prefer header."""
+    status = 201 if saved.created else 200
+    headers = version_headers(request, saved.version, location=True)
+    prefer = request.headers.get("prefer", "")
+    if "return=minimal" in prefer:
+        return fhir_response(request, None, status=status, headers=headers)
+    if "return=OperationOutcome" in prefer:
+        verb = "Created" if saved.created else "Updated"
+        body = outcomes.information(f"{verb} {saved.version.resource_type}/{saved.version.id}")
+        return fhir_response(request, outcomes.dumps(body), status=status, headers=headers)
+    return fhir_response(request, saved.version.content, status=status, headers=headers)
+
+
+def _not_modified(request: Request, version: Version) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip() for t in if_none_match.split(",")}
+        return version.etag in tags or f'"{version.version_id}"' in tags or "*" in tags
+    since = request.headers.get("if-modified-since")
+    if since:
+        try:
+            moment: datetime = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        return version.last_updated.replace(microsecond=0) <= moment
+    return False
+
+
+def _read_answer(request: Request, version: Version) -> Response:
+    headers = version_headers(request, version)
+    if _not_modified(request, version):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(request, version.content, headers=headers)
+
+
+async def _body(request: Request, *, media: tuple[str, ...] = ("application/fhir+json", "application/json")) -> object:
+    require_json_body(request, allowed=media)
+    return parse_json(await request.body())
+
+
+@router.get("/metadata", name="capabilities")
+async def metadata(request: Request) -> Response:
+    """The CapabilityStatement of this server."""
+    return fhir_response(request, capability.statement_text(request.app))
+
+
+@router.get("/_history", name="history-system")
+async def system_history(request: Request, session: SessionDep) -> Response:
+    """All changes of the system, newest first."""
+    return fhir_response(request, await history.page(request, session))
+
+
+@router.get("/{resource_type}/_history", name="history-type")
+async def type_history(resource_type: str, request: Request, session: SessionDep) -> Response:
+    """All changes of one resource type, newest first."""
+    check_type(resource_type)
+    return fhir_response(request, await history.page(request, session, resource_type=resource_type))
+
+
+@router.get("/{resource_type}/{resource_id}/_history", name="history-instance")
+async def instance_history(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+    """Every version of one resource, newest first."""
+    await Resources(session).read_any(resource_type, resource_id)
+    return fhir_response(
+        request, await history.page(request, session, resource_type=resource_type, resource_id=resource_id)
+    )
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}", name="vread")
+async def vread(resource_type: str, resource_id: str, version_id: str, request: Request, session: SessionDep) -> Response:
+    """One version of a resource."""
+    version = await Resources(session).vread(resource_type, resource_id, version_id)
+    return _read_answer(request, version)
+
+
+@router.get("/{resource_type}/{resource_id}", name="read")
+async def read(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+    """The current version of a resource."""
+    version = await Resources(session).read(resource_type, resource_id)
+    return _read_answer(request, version)
+
+
+@router.post("/{resource_type}", name="create")
+async def create(resource_type: str, request: Request, session: SessionDep) -> Response:
+    """Create a resource; `If-None-Exist` makes it conditional."""
+    check_type(resource_type)
+    data = await _body(request)
+    saved = await Resources(session).create(
+        resource_type, data, if_none_exist=request.headers.get("if-none-exist")
+    )
+    return written(request, saved)
+
+
+@router.put("/{resource_type}/{resource_id}", name="update")
+async def update(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+    """Update a resource, or create it with this id."""
+    check_type(resource_type)
+    data = await _body(request)
+    saved = await Resources(session).update(
+        resource_type, resource_id, data, if_match=request.headers.get("if-match")
+    )
+    return written(request, saved)
+
+
+@router.put("/{resource_type}", name="update-conditional")
+async def conditional_update(resource_type: str, request: Request, session: SessionDep) -> Response:
+    """Update the one resource that matches the search in the query string."""
+    check_type(resource_type)
+    query = _condition(request)
+    data = await _body(request)
+    saved = await Resources(session).conditional_update(
+        resource_type, query, data, if_match=request.headers.get("if-match")
+    )
+    return written(request, saved)
+
+
+@router.patch("/{resource_type}/{resource_id}", name="patch")
+async def patch(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+    """Apply a JSON Patch to a resource."""
+    check_type(resource_type)
+    operations = await _body(request, media=(JSON_PATCH,))
+    saved = await Resources(session).patch(
+        resource_type, resource_id, operations, if_match=request.headers.get("if-match")
+    )
+    return written(request, saved)
+
+
+@router.delete("/{resource_type}/{resource_id}", name="delete")
+async def delete(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+    """Delete a resource (its history stays)."""
+    version = await Resources(session).delete(
+        resource_type, resource_id, if_match=request.headers.get("if-match")
+    )
+    return _deleted(request, version)
+
+
+@router.delete("/{resource_type}", name="delete-conditional")
+async def conditional_delete(resource_type: str, request: Request, session: SessionDep) -> Response:
+    """Delete the one resource that matches the search in the query string."""
+    version = await Resources(session).conditional_delete(resource_type, _condition(request))
+    return _deleted(request, version)
+
+
+_NOT_CRITERIA = ("_format", "_pretty")
+
+
+def _condition(request: Request) -> str:
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if k not in _NOT_CRITERIA]
+    query = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs)
+    if not query:
+        raise outcomes.bad_request("A conditional interaction needs search criteria in the URL")
+    return query
+
+
+def _deleted(request: Request, version: Version | None) -> Response:
+    headers = {"ETag": version.etag} if version else {}
+    if "return=OperationOutcome" in request.headers.get("prefer", ""):
+        text = "Deleted" if version else "Nothing to delete"
+        return fhir_response(request, outcomes.dumps(outcomes.information(text)), headers=headers)
+    return Response(status_code=204, headers=headers)
+
+
+@router.post("", name="batch-transaction")
+async def batch_or_transaction(request: Request, session: SessionDep) -> Response:
+    """Process a batch or transaction Bundle."""
+    data = await _body(request)
+    base = request.app.state.settings.fhir_base
+    kind, entries = bundles.parse_entries(data, base)
+    if kind == "transaction":
+        text = await bundles.transaction(session, base, entries)
+    else:
+        text = await bundles.batch(request.app.state.db, base, entries)
+    return fhir_response(request, text)

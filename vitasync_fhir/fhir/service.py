@@ -1,0 +1,311 @@
+"""The rules of the FHIR interactions: validation, ids, versions, preconditions.
+
+Routers call this; this calls the store. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jsonpatch
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir.models import is_resource_type
+from vitasync_fhir.fhir.outcomes import FhirError, Issue
+from vitasync_fhir.fhir.search.service import match_ids
+from vitasync_fhir.fhir.store import Store, Version, VersionConflict, Write
+from vitasync_fhir.fhir.validation import validate
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """The result of a write: the version now current and whether it was created."""
+
+    version: Version
+    created: bool
+
+
+def now() -> datetime:
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_type(resource_type: str) -> None:
+    if not is_resource_type(resource_type):
+        raise FhirError(404, "not-supported", f"Resource type {resource_type!r} is not supported")
+
+
+def check_id(resource_id: str) -> None:
+    if not ID_PATTERN.match(resource_id):
+        raise outcomes.bad_request(
+            f"Id {resource_id!r} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})"
+        )
+
+
+def parse_json(body: bytes) -> object:
+    if not body:
+        raise outcomes.bad_request("The request body is empty")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise outcomes.bad_request(f"The body is not valid JSON: {error}") from None
+
+
+def parse_etag(value: str, *, header: str = "If-Match") -> int:
+    match = _ETAG.match(value.strip())
+    if not match:
+        raise outcomes.bad_request(f"{header} {value!r} is not a version tag like W/\"3\"")
+    return int(match.group(1))
+
+
+def check_resource(data: object, resource_type: str) -> dict:
+    """The body as a valid resource of `resource_type`, or the error that says why not."""
+    if not isinstance(data, dict):
+        raise outcomes.bad_request("The body must be a JSON object holding a resource")
+    found = data.get("resourceType")
+    if found != resource_type:
+        raise outcomes.bad_request(
+            f"The resource's type {found!r} does not match the request's {resource_type!r}",
+            expression="resourceType",
+        )
+    problems = validate(data, expected_type=resource_type)
+    if problems:
+        raise outcomes.unprocessable(
+            Issue(code=p.code, diagnostics=p.diagnostics, expression=p.expression)
+            for p in problems
+        )
+    return data
+
+
+def stamp(data: dict, resource_type: str, resource_id: str, version_id: int, moment: datetime) -> tuple[str, dict]:
+    """Set id and meta as the server decides them; the JSON text stored and served as is."""
+    meta = dict(data.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant(moment)
+    body = {k: v for k, v in data.items() if k not in ("resourceType", "id", "meta")}
+    resource = {"resourceType": resource_type, "id": resource_id, "meta": meta, **body}
+    return orjson.dumps(resource).decode(), resource
+
+
+def _same_content(stored: str | None, new: dict) -> bool:
+    if stored is None:
+        return False
+    old = orjson.loads(stored)
+    for doc in (old, new):
+        meta = {k: v for k, v in (doc.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        doc.pop("meta", None)
+        if meta:
+            doc["meta"] = meta
+    return old == {k: v for k, v in new.items()}
+
+
+class Resources:
+    """Create, read, update, patch and delete resources on one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.store = Store(session)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read(self, resource_type: str, resource_id: str) -> Version:
+        check_type(resource_type)
+        found = await self.store.current(resource_type, resource_id)
+        if found is None:
+            raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        if found.deleted:
+            raise outcomes.gone(
+                f"{resource_type}/{resource_id} was deleted", headers={"ETag": found.etag}
+            )
+        return found
+
+    async def read_any(self, resource_type: str, resource_id: str) -> Version:
+        """The current version, tombstones included; 404 only when the id was never used."""
+        check_type(resource_type)
+        found = await self.store.current(resource_type, resource_id)
+        if found is None:
+            raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        return found
+
+    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Version:
+        check_type(resource_type)
+        if not version_id.isdigit():
+            raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        found = await self.store.version(resource_type, resource_id, int(version_id))
+        if found is None:
+            raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id}")
+        if found.deleted:
+            raise outcomes.gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+        return found
+
+    # -- planning writes (shared by single interactions and bundles) ------------------------------
+
+    def plan_create(self, resource_type: str, data: dict, *, resource_id: str | None = None) -> Write:
+        rid = resource_id or new_id()
+        moment = now()
+        content, resource = stamp(data, resource_type, rid, 1, moment)
+        version = Version(resource_type, rid, 1, moment, False, content, "POST")
+        return Write(version=version, resource=resource, replaces=None)
+
+    def plan_update(self, current: Version | None, resource_type: str, resource_id: str, data: dict) -> Write | None:
+        """The write that makes `data` current, or None when nothing would change."""
+        if current is not None and not current.deleted and _same_content(current.content, dict(data)):
+            return None
+        next_version = current.version_id + 1 if current else 1
+        moment = now()
+        content, resource = stamp(data, resource_type, resource_id, next_version, moment)
+        version = Version(resource_type, resource_id, next_version, moment, False, content, "PUT")
+        return Write(version=version, resource=resource, replaces=current.version_id if current else None)
+
+    def plan_delete(self, current: Version) -> Write:
+        moment = now()
+        version = Version(current.resource_type, current.id, current.version_id + 1, moment, True, None, "DELETE")
+        return Write(version=version, resource=None, replaces=current.version_id)
+
+    # -- single interactions -----------------------------------------------------------------
+
+    async def create(self, resource_type: str, data: object, *, if_none_exist: str | None = None) -> Saved:
+        check_type(resource_type)
+        resource = check_resource(data, resource_type)
+        if if_none_exist:
+            existing = await self.conditional_match(resource_type, if_none_exist)
+            if existing is not None:
+                return Saved(existing, created=False)
+        write = self.plan_create(resource_type, resource)
+        await self.store.write([write])
+        return Saved(write.version, created=True)
+
+    async def update(
+        self, resource_type: str, resource_id: str, data: object, *, if_match: str | None = None
+    ) -> Saved:
+        check_type(resource_type)
+        check_id(resource_id)
+        resource = check_resource(data, resource_type)
+        body_id = resource.get("id")
+        if body_id != resource_id:
+            raise outcomes.bad_request(
+                f"The body's id {body_id!r} must equal the id in the URL {resource_id!r}",
+                expression=f"{resource_type}.id",
+            )
+        expected = parse_etag(if_match) if if_match else None
+        for _ in range(_RETRIES):
+            current = await self.store.current(resource_type, resource_id)
+            _check_precondition(current, expected, resource_type, resource_id)
+            write = self.plan_update(current, resource_type, resource_id, resource)
+            if write is None:
+                assert current is not None
+                return Saved(current, created=False)
+            try:
+                await self.store.write([write])
+            except VersionConflict:
+                if expected is not None:
+                    raise _stale(resource_type, resource_id) from None
+                continue
+            return Saved(write.version, created=current is None or current.deleted)
+        raise outcomes.conflict(f"{resource_type}/{resource_id} is being changed by others; retry")
+
+    async def patch(
+        self, resource_type: str, resource_id: str, operations: object, *, if_match: str | None = None
+    ) -> Saved:
+        check_type(resource_type)
+        if not isinstance(operations, list):
+            raise outcomes.bad_request("A JSON Patch body is an array of operations")
+        current = await self.read(resource_type, resource_id)
+        expected = parse_etag(if_match) if if_match else None
+        _check_precondition(current, expected, resource_type, resource_id)
+        assert current.content is not None
+        try:
+            patched = jsonpatch.apply_patch(orjson.loads(current.content), operations)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as error:
+            raise FhirError(422, "processing", f"The patch cannot be applied: {error}") from None
+        if not isinstance(patched, dict) or patched.get("id") != resource_id:
+            raise FhirError(422, "processing", "A patch may not change the resource's id or type")
+        return await self.update(
+            resource_type, resource_id, patched, if_match=if_match or current.etag
+        )
+
+    async def delete(self, resource_type: str, resource_id: str, *, if_match: str | None = None) -> Version | None:
+        """Delete; None when the resource was already deleted."""
+        check_type(resource_type)
+        expected = parse_etag(if_match) if if_match else None
+        current = await self.store.current(resource_type, resource_id)
+        if current is None:
+            raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        _check_precondition(current, expected, resource_type, resource_id)
+        if current.deleted:
+            return None
+        write = self.plan_delete(current)
+        try:
+            await self.store.write([write])
+        except VersionConflict:
+            raise _stale(resource_type, resource_id) from None
+        return write.version
+
+    # -- conditional interactions ------------------------------------------------------------
+
+    async def conditional_match(self, resource_type: str, query: str) -> Version | None:
+        """The one current resource matching `query`; None for none; 412 for several."""
+        ids = await match_ids(self.session, resource_type, query, limit=2)
+        if len(ids) > 1:
+            raise outcomes.precondition_failed(
+                f"More than one {resource_type} matches {query!r}; the condition must be selective"
+            )
+        if not ids:
+            return None
+        return await self.store.current(resource_type, ids[0])
+
+    async def conditional_update(
+        self, resource_type: str, query: str, data: object, *, if_match: str | None = None
+    ) -> Saved:
+        check_type(resource_type)
+        resource = check_resource(data, resource_type)
+        match = await self.conditional_match(resource_type, query)
+        body_id = resource.get("id")
+        if match is None:
+            if body_id is not None:
+                return await self.update(resource_type, body_id, resource, if_match=if_match)
+            write = self.plan_create(resource_type, resource)
+            await self.store.write([write])
+            return Saved(write.version, created=True)
+        if body_id is not None and body_id != match.id:
+            raise outcomes.bad_request(
+                f"The body's id {body_id!r} differs from the matching resource {match.id!r}"
+            )
+        return await self.update(resource_type, match.id, {**resource, "id": match.id}, if_match=if_match)
+
+    async def conditional_delete(self, resource_type: str, query: str) -> Version | None:
+        check_type(resource_type)
+        match = await self.conditional_match(resource_type, query)
+        if match is None:
+            return None
+        return await self.delete(resource_type, match.id)
+
+
+def _stale(resource_type: str, resource_id: str) -> FhirError:
+    return outcomes.precondition_failed(
+        f"{resource_type}/{resource_id} has changed since that version; read it again"
+    )
+
+
+def _check_precondition(current: Version | None, expected: int | None, resource_type: str, resource_id: str) -> None:
+    if expected is None:
+        return
+    if current is None or current.version_id != expected:
+        raise _stale(resource_type, resource_id)

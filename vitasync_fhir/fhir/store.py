@@ -1,0 +1,223 @@
+"""All SQL on the resource tables: current versions, history, and the index hand-off.
+
+The store never commits; the unit of work around the request or task does. Writes are
+optimistic: an update names the version it replaces and fails if another writer got there
+first, so two writers racing on one resource can never both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, func, insert, select, true, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.db import mark_written
+from vitasync_fhir.fhir.search.index import write_indexes
+from vitasync_fhir.fhir.tables import resource_history, resources
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of one resource, as stored."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+    method: str = ""
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A new version to store; `resource` is its parsed JSON for indexing (None on delete)."""
+
+    version: Version
+    resource: dict | None
+    replaces: int | None  # the version this one replaces; None when the resource is new
+
+
+class VersionConflict(Exception):
+    """Another writer changed the resource since it was read."""
+
+    def __init__(self, resource_type: str, resource_id: str) -> None:
+        super().__init__(f"{resource_type}/{resource_id} changed concurrently")
+        self.resource_type = resource_type
+        self.resource_id = resource_id
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _version(row, *, method: str = "") -> Version:  # type: ignore[no-untyped-def]
+    return Version(
+        resource_type=row.resource_type,
+        id=row.id,
+        version_id=row.version_id,
+        last_updated=_aware(row.last_updated),
+        deleted=row.deleted,
+        content=row.content,
+        method=method or getattr(row, "method", ""),
+    )
+
+
+class Store:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._dialect = session.bind.dialect.name if session.bind else "sqlite"
+
+    async def current(self, resource_type: str, resource_id: str) -> Version | None:
+        query = select(resources).where(
+            resources.c.resource_type == resource_type, resources.c.id == resource_id
+        )
+        row = (await self.session.execute(query)).first()
+        return _version(row) if row else None
+
+    async def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Version]:
+        if not keys:
+            return {}
+        query = select(resources).where(
+            tuple_(resources.c.resource_type, resources.c.id).in_(list(keys))
+        )
+        rows = (await self.session.execute(query)).all()
+        return {(r.resource_type, r.id): _version(r) for r in rows}
+
+    async def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None:
+        query = select(resource_history).where(
+            resource_history.c.resource_type == resource_type,
+            resource_history.c.id == resource_id,
+            resource_history.c.version_id == version_id,
+        )
+        row = (await self.session.execute(query)).first()
+        return _version(row) if row else None
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Store new versions, their history rows and index rows, all in the caller's transaction."""
+        if not writes:
+            return
+        mark_written(self.session)
+        fresh = [w for w in writes if w.replaces is None]
+        if fresh:
+            await self._insert_fresh(fresh)
+        for w in writes:
+            if w.replaces is not None:
+                await self._replace(w)
+        await self.session.execute(
+            insert(resource_history),
+            [
+                {
+                    "resource_type": w.version.resource_type,
+                    "id": w.version.id,
+                    "version_id": w.version.version_id,
+                    "last_updated": w.version.last_updated,
+                    "method": w.version.method,
+                    "deleted": w.version.deleted,
+                    "content": w.version.content,
+                }
+                for w in writes
+            ],
+        )
+        await write_indexes(
+            self.session,
+            [(w.version.resource_type, w.version.id, w.resource) for w in writes],
+        )
+
+    async def _insert_fresh(self, writes: Sequence[Write]) -> None:
+        rows = [_current_row(w.version) for w in writes]
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(resources).on_conflict_do_nothing(
+            index_elements=["resource_type", "id"]
+        )
+        if len(rows) == 1:
+            result = await self.session.execute(statement, rows[0])
+            if result.rowcount != 1:
+                raise VersionConflict(rows[0]["resource_type"], rows[0]["id"])
+            return
+        await self.session.execute(statement, rows)
+        keys = [(r["resource_type"], r["id"]) for r in rows]
+        stored = await self.current_many(keys)
+        for w in writes:
+            got = stored.get((w.version.resource_type, w.version.id))
+            if got is None or got.version_id != w.version.version_id or got.content != w.version.content:
+                raise VersionConflict(w.version.resource_type, w.version.id)
+
+    async def _replace(self, w: Write) -> None:
+        v = w.version
+        result = await self.session.execute(
+            update(resources)
+            .where(
+                resources.c.resource_type == v.resource_type,
+                resources.c.id == v.id,
+                resources.c.version_id == w.replaces,
+            )
+            .values(
+                version_id=v.version_id,
+                last_updated=v.last_updated,
+                deleted=v.deleted,
+                content=v.content,
+            )
+        )
+        if result.rowcount != 1:
+            raise VersionConflict(v.resource_type, v.id)
+
+    async def history(
+        self,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        since: datetime | None = None,
+        before_seq: int | None = None,
+        limit: int,
+    ) -> list[tuple[int, Version]]:
+        """Versions newest first, keyset-paged by the global write sequence."""
+        h = resource_history
+        where = _history_filter(resource_type, resource_id, since)
+        if before_seq is not None:
+            where = and_(where, h.c.seq < before_seq)
+        query = select(h).where(where).order_by(h.c.seq.desc()).limit(limit)
+        rows = (await self.session.execute(query)).all()
+        return [(r.seq, _version(r)) for r in rows]
+
+    async def history_count(
+        self,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        since: datetime | None = None,
+    ) -> int:
+        where = _history_filter(resource_type, resource_id, since)
+        query = select(func.count()).select_from(resource_history).where(where)
+        return int((await self.session.execute(query)).scalar_one())
+
+
+def _history_filter(resource_type: str | None, resource_id: str | None, since: datetime | None):  # type: ignore[no-untyped-def]
+    h = resource_history
+    conditions = [true()]
+    if resource_type is not None:
+        conditions.append(h.c.resource_type == resource_type)
+    if resource_id is not None:
+        conditions.append(h.c.id == resource_id)
+    if since is not None:
+        conditions.append(h.c.last_updated >= since)
+    return and_(*conditions)
+
+
+def _current_row(v: Version) -> dict:
+    return {
+        "resource_type": v.resource_type,
+        "id": v.id,
+        "version_id": v.version_id,
+        "last_updated": v.last_updated,
+        "deleted": v.deleted,
+        "content": v.content,
+    }

@@ -1,0 +1,6 @@
+"""Every table of the application, gathered on one MetaData for migrations and tests."""
+
+from vitasync_fhir.db import metadata
+from vitasync_fhir.fhir import tables as fhir_tables  # noqa: F401
+
+__all__ = ["metadata"]
