@@ -1,7 +1,6 @@
 """Alembic environment: migrates the database named in the settings (or by the caller)."""
 
 from alembic import context
-
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import make_sync_engine
 from vitasync_fhir.schema import metadata

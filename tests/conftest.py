@@ -43,7 +43,7 @@ def _pg_dsn(database: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url(worker_id: str) -> Iterator[str]:
-    name = f"vitasync_test_{worker_id}"
+    name = f"vitasync_test_{worker_id}_{os.getpid()}"
     try:
         with psycopg.connect(_pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -53,6 +53,8 @@ def postgres_url(worker_id: str) -> Iterator[str]:
     url = f"{PG_SERVER}/{name}"
     migrations.upgrade(url)
     yield url
+    with psycopg.connect(_pg_dsn("test"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

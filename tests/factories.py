@@ -10,7 +10,9 @@ from fastapi.testclient import TestClient
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-def patient(*, family: str = "Doe", given: str = "Jane", identifier: str | None = None, **extra) -> dict:
+def patient(
+    *, family: str = "Doe", given: str = "Jane", identifier: str | None = None, **extra
+) -> dict:
     resource: dict = {
         "resourceType": "Patient",
         "name": [{"family": family, "given": [given]}],
@@ -29,14 +31,21 @@ def observation(*, patient_ref: str, code: str = "8867-4", value: float = 72, **
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": patient_ref},
-        "valueQuantity": {"value": value, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+        "valueQuantity": {
+            "value": value,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
     resource.update(extra)
     return resource
 
 
 def create(client: TestClient, resource: dict, **headers: str) -> dict:
-    answer = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers={**FHIR_JSON, **headers})
+    answer = client.post(
+        f"/fhir/{resource['resourceType']}", json=resource, headers={**FHIR_JSON, **headers}
+    )
     assert answer.status_code == 201, answer.text
     return answer.json()
 

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from vitasync_fhir import __version__, errors
-from vitasync_fhir.config import Settings, settings as default_settings
+from vitasync_fhir.config import Settings
+from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
 from vitasync_fhir.fhir.router import router as fhir_router
 from vitasync_fhir.fhir.search.routes import router as search_router

@@ -63,3 +63,7 @@ def reindex() -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,26 @@ class Settings(BaseSettings):
         default=15000, description="PostgreSQL statement timeout; a timeout answers 503"
     )
 
+    # -- authentication (auth/) -------------------------------------------------------------
+    access_token_seconds: int = Field(default=900, description="Lifetime of an access token")
+    refresh_token_seconds: int = Field(
+        default=30 * 24 * 3600, description="Lifetime of a refresh token (offline_access, login)"
+    )
+    authorization_code_seconds: int = Field(default=60, description="Lifetime of an OAuth code")
+    account_token_seconds: int = Field(
+        default=24 * 3600, description="Lifetime of e-mail verification and password reset links"
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key signing tokens; default data_dir/keys/signing.pem",
+    )
+    login_slow_after: int = Field(default=3, description="Failed sign-ins before each waits longer")
+    login_lock_after: int = Field(default=10, description="Failed sign-ins before a lockout")
+    login_lock_seconds: int = Field(default=900, description="How long a lockout lasts")
+    login_window_seconds: int = Field(
+        default=900, description="Failures older than this are forgotten"
+    )
+
     @property
     def fhir_base(self) -> str:
         return self.base_url.rstrip("/") + "/fhir"

@@ -1,4 +1,7 @@
-"""Every error leaves through `error_response`: OperationOutcome on /fhir, {"error", "detail"} elsewhere."""
+"""Every error leaves through `error_response`.
+
+OperationOutcome on /fhir, `{"error", "detail"}` everywhere else.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +19,37 @@ from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome_bytes
 log = logging.getLogger("vitasync_fhir")
 
 _HTTP_CODES = {
-    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-    406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-long",
-    415: "not-supported", 422: "processing", 429: "throttled", 503: "transient",
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    412: "conflict",
+    413: "too-long",
+    415: "not-supported",
+    422: "processing",
+    429: "throttled",
+    503: "transient",
 }
 _API_ERRORS = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 410: "gone",
-    412: "precondition_failed", 413: "payload_too_large", 415: "unsupported_media_type",
-    422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    410: "gone",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
 }
 
 
@@ -39,13 +64,17 @@ def error_response(
             media_type="application/fhir+json; charset=utf-8",
             headers=headers,
         )
-    detail: object = issues[0].diagnostics if len(issues) == 1 else [
-        {"field": i.expression, "message": i.diagnostics} for i in issues
-    ]
+    detail: object = (
+        issues[0].diagnostics
+        if len(issues) == 1
+        else [{"field": i.expression, "message": i.diagnostics} for i in issues]
+    )
     if len(issues) == 1 and issues[0].expression:
         detail = [{"field": issues[0].expression, "message": issues[0].diagnostics}]
     return JSONResponse(
-        {"error": _API_ERRORS.get(status, "error"), "detail": detail}, status_code=status, headers=headers
+        {"error": _API_ERRORS.get(status, "error"), "detail": detail},
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -68,12 +97,16 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, error: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(error.status_code, "processing")
         message = str(error.detail) if error.detail else "Error"
-        return error_response(request, error.status_code, [Issue(code, message)], headers=error.headers)
+        return error_response(
+            request, error.status_code, [Issue(code, message)], headers=error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:
         issues = [
-            Issue("invalid", str(e.get("msg")), expression=".".join(str(p) for p in e.get("loc", ())))
+            Issue(
+                "invalid", str(e.get("msg")), expression=".".join(str(p) for p in e.get("loc", ()))
+            )
             for e in error.errors()
         ]
         status = 400 if request.url.path.startswith("/fhir") else 422
@@ -84,7 +117,9 @@ def install(app: FastAPI) -> None:
             return await _unexpected(request, error)
         log.warning("database unavailable: %s", error.__class__.__name__)
         return error_response(
-            request, 503, [Issue("transient", "The database is unavailable; retry shortly")],
+            request,
+            503,
+            [Issue("transient", "The database is unavailable; retry shortly")],
             headers={"Retry-After": "2"},
         )
 

@@ -8,6 +8,7 @@ Create Date: 2026-11-27
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision: str = "0001_resources"
@@ -49,7 +50,10 @@ def upgrade() -> None:
         sa.Column("content", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name="pk_resource_history"),
         sa.UniqueConstraint(
-            "resource_type", "id", "version_id", name="uq_resource_history_resource_type_id_version_id"
+            "resource_type",
+            "id",
+            "version_id",
+            name="uq_resource_history_resource_type_id_version_id",
         ),
     )
     op.create_index(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from email.utils import format_datetime
-from urllib.parse import urlsplit
 
 import jsonpatch
 import orjson
@@ -56,7 +55,8 @@ def _fail(entry_index: int, error: FhirError) -> FhirError:
             code=i.code,
             severity=i.severity,
             diagnostics=f"Bundle.entry[{entry_index}]: {i.diagnostics}",
-            expression=f"Bundle.entry[{entry_index}]" + (f".resource.{i.expression}" if i.expression else ""),
+            expression=f"Bundle.entry[{entry_index}]"
+            + (f".resource.{i.expression}" if i.expression else ""),
         )
         for i in error.issues
     ]
@@ -66,7 +66,7 @@ def _fail(entry_index: int, error: FhirError) -> FhirError:
 def _parse_url(url: str, base: str) -> tuple[str, str | None, str | None, str | None]:
     """(type, id, version, query) of an entry's request url."""
     if url.startswith(base):
-        url = url[len(base):]
+        url = url[len(base) :]
     path, _, query = url.lstrip("/").partition("?")
     parts = [p for p in path.split("/") if p]
     if not parts:
@@ -84,7 +84,9 @@ def parse_entries(data: object, base: str) -> tuple[str, list[Entry]]:
         raise outcomes.bad_request("POST to the base takes a Bundle of type batch or transaction")
     kind = data.get("type")
     if kind not in ("batch", "transaction"):
-        raise outcomes.bad_request(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
+        raise outcomes.bad_request(
+            f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type"
+        )
     raw = data.get("entry", [])
     if not isinstance(raw, list):
         raise outcomes.bad_request("Bundle.entry must be an array", expression="Bundle.entry")
@@ -114,10 +116,16 @@ def _entry(index: int, item: object, base: str) -> Entry:
         raise outcomes.bad_request(f"a {method} entry's url needs an id or search criteria")
     full_url = item.get("fullUrl")
     return Entry(
-        index=index, method=method, resource_type=resource_type, resource_id=resource_id,
-        query=query, vid=vid, full_url=full_url if isinstance(full_url, str) else None,
+        index=index,
+        method=method,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        query=query,
+        vid=vid,
+        full_url=full_url if isinstance(full_url, str) else None,
         resource=resource if isinstance(resource, dict) else None,
-        if_match=request.get("ifMatch"), if_none_exist=request.get("ifNoneExist"),
+        if_match=request.get("ifMatch"),
+        if_none_exist=request.get("ifNoneExist"),
     )
 
 
@@ -127,7 +135,9 @@ def _response(status: str, version: Version | None, base: str) -> dict:
         answer["etag"] = version.etag
         answer["lastModified"] = format_datetime(version.last_updated, usegmt=True)
         if not version.deleted:
-            answer["location"] = f"{base}/{version.resource_type}/{version.id}/_history/{version.version_id}"
+            answer["location"] = (
+                f"{base}/{version.resource_type}/{version.id}/_history/{version.version_id}"
+            )
     return answer
 
 
@@ -163,7 +173,11 @@ class Transaction:
         for entry in ordered:
             await self._guard(entry, self._resolve(entry))
         writes: list[Write] = []
-        targets = [(e.resource_type, e.resource_id) for e in self.entries if e.method in ("PUT", "PATCH") and e.resource_id]
+        targets = [
+            (e.resource_type, e.resource_id)
+            for e in self.entries
+            if e.method in ("PUT", "PATCH") and e.resource_id
+        ]
         currents = await self.resources.store.current_many(targets)  # type: ignore[arg-type]
         for entry in ordered:
             if entry.method in ("POST", "PUT", "PATCH"):
@@ -184,7 +198,9 @@ class Transaction:
         check_type(entry.resource_type)
         await self._guard(entry, self._resolve(entry))
         if entry.method in ("POST", "PUT", "PATCH"):
-            keys = [(entry.resource_type, entry.resource_id or "")] if entry.method != "POST" else []
+            keys = (
+                [(entry.resource_type, entry.resource_id or "")] if entry.method != "POST" else []
+            )
             currents = await self.resources.store.current_many(keys)
             write = await self._guard(entry, self._plan(entry, currents))
             if write is not None:
@@ -208,9 +224,13 @@ class Transaction:
                 continue
             key = (entry.resource_type, entry.resource_id)
             if key in seen:
-                raise _fail(entry.index, outcomes.bad_request(
-                    f"{key[0]}/{key[1]} is also changed by entry {seen[key]}; a transaction changes a resource once"
-                ))
+                raise _fail(
+                    entry.index,
+                    outcomes.bad_request(
+                        f"{key[0]}/{key[1]} is also changed by entry {seen[key]}; "
+                        "a transaction changes a resource once"
+                    ),
+                )
             seen[key] = entry.index
 
     async def _resolve(self, entry: Entry) -> None:
@@ -220,7 +240,9 @@ class Transaction:
             if entry.query:
                 version = await r.conditional_delete(entry.resource_type, entry.query)
             else:
-                version = await r.delete(entry.resource_type, entry.resource_id or "", if_match=entry.if_match)
+                version = await r.delete(
+                    entry.resource_type, entry.resource_id or "", if_match=entry.if_match
+                )
             entry.response = _response("204 No Content", version, self.base)
             return
         if entry.method == "POST":
@@ -246,14 +268,20 @@ class Transaction:
         if entry.if_match:
             expected = parse_etag(entry.if_match, header="ifMatch")
             if current is None or current.version_id != expected:
-                raise outcomes.precondition_failed(f"{entry.resource_type}/{entry.resource_id} is not at version {expected}")
+                raise outcomes.precondition_failed(
+                    f"{entry.resource_type}/{entry.resource_id} is not at version {expected}"
+                )
         if entry.method == "PATCH":
             if current is None or current.deleted or current.content is None:
                 raise outcomes.not_found(f"{entry.resource_type}/{entry.resource_id} is not known")
             try:
-                data = jsonpatch.apply_patch(orjson.loads(current.content), _patch_operations(entry.resource))
+                data = jsonpatch.apply_patch(
+                    orjson.loads(current.content), _patch_operations(entry.resource)
+                )
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                raise FhirError(422, "processing", f"The patch cannot be applied: {error}") from None
+                raise FhirError(
+                    422, "processing", f"The patch cannot be applied: {error}"
+                ) from None
         else:
             data = await self._rewrite(entry.resource)
         if entry.method == "POST":
@@ -310,7 +338,11 @@ class Transaction:
                 ids = await match_ids(self.session, resource_type, query, limit=2)
                 if len(ids) != 1:
                     found = "no resource" if not ids else "more than one resource"
-                    raise FhirError(412 if ids else 400, "processing", f"Conditional reference {reference!r} matches {found}")
+                    raise FhirError(
+                        412 if ids else 400,
+                        "processing",
+                        f"Conditional reference {reference!r} matches {found}",
+                    )
                 self.conditional_refs[reference] = f"{resource_type}/{ids[0]}"
             return self.conditional_refs[reference]
         return reference
@@ -318,7 +350,9 @@ class Transaction:
     async def _read(self, entry: Entry) -> None:
         r = self.resources
         if entry.query is not None or entry.resource_id is None:
-            raise FhirError(400, "not-supported", "Searches inside a transaction are not supported; use a batch")
+            raise FhirError(
+                400, "not-supported", "Searches inside a transaction are not supported; use a batch"
+            )
         if entry.vid:
             version = await r.vread(entry.resource_type, entry.resource_id, entry.vid)
         else:
@@ -332,7 +366,9 @@ class Transaction:
             full_url = None
             if entry.resource_id and entry.method != "DELETE":
                 full_url = f"{self.base}/{entry.resource_type}/{entry.resource_id}"
-            items.append(bundle_entry(full_url=full_url, resource=entry.body, response=entry.response))
+            items.append(
+                bundle_entry(full_url=full_url, resource=entry.body, response=entry.response)
+            )
         return bundle(bundle_type="transaction-response", entries=items)
 
 
@@ -349,7 +385,12 @@ async def batch(database: Database, base: str, entries: list[Entry]) -> str:
                 async with unit_of_work(session):
                     await Transaction(session, base, [entry]).run_one(entry)
         except FhirError as error:
-            entry.response = {"status": str(error.status), "outcome": outcomes.outcome(error.issues)}
-        full_url = f"{base}/{entry.resource_type}/{entry.resource_id}" if entry.resource_id else None
+            entry.response = {
+                "status": str(error.status),
+                "outcome": outcomes.outcome(error.issues),
+            }
+        full_url = (
+            f"{base}/{entry.resource_type}/{entry.resource_id}" if entry.resource_id else None
+        )
         items.append(bundle_entry(full_url=full_url, resource=entry.body, response=entry.response))
     return bundle(bundle_type="batch-response", entries=items)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 from fastapi import FastAPI
-from starlette.routing import Route
 
 from vitasync_fhir import __version__
 from vitasync_fhir.fhir.models import resource_types
@@ -38,13 +37,13 @@ _PARAM = re.compile(r"\{[^}]+\}")
 
 
 def _shapes(app: FastAPI) -> set[tuple[str, str]]:
+    """(method, path shape) of every /fhir route, read from the app's own OpenAPI description."""
     shapes = set()
-    for route in app.routes:
-        if not isinstance(route, Route) or not route.path.startswith("/fhir"):
+    for path, operations in app.openapi().get("paths", {}).items():
+        if not path.startswith("/fhir"):
             continue
-        shape = _PARAM.sub("{}", route.path[len("/fhir"):]).rstrip("/")
-        for method in route.methods or ():
-            shapes.add((method, shape))
+        shape = _PARAM.sub("{}", path[len("/fhir") :]).rstrip("/")
+        shapes.update((method.upper(), shape) for method in operations)
     return shapes
 
 
@@ -75,7 +74,9 @@ def statement(app: FastAPI) -> dict:
             "conditionalCreate": "create" in type_level,
             "conditionalRead": "not-supported",
             "conditionalUpdate": "conditionalUpdate" in conditional,
-            "conditionalDelete": "single" if "conditionalDelete" in conditional else "not-supported",
+            "conditionalDelete": "single"
+            if "conditionalDelete" in conditional
+            else "not-supported",
         }
         if "search-type" in type_level:
             entry["searchParam"] = _search_params(name)

@@ -24,9 +24,13 @@ def _since(request: Request) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise outcomes.bad_request(f"_since {value!r} is not an instant", expression="_since") from None
+        raise outcomes.bad_request(
+            f"_since {value!r} is not an instant", expression="_since"
+        ) from None
     if moment.tzinfo is None:
-        raise outcomes.bad_request("_since needs a time zone, as an instant does", expression="_since")
+        raise outcomes.bad_request(
+            "_since needs a time zone, as an instant does", expression="_since"
+        )
     return moment
 
 
@@ -66,14 +70,19 @@ async def page(
     if unknown:
         raise outcomes.bad_request(f"Unknown history parameter(s): {', '.join(unknown)}")
     settings = request.app.state.settings
-    count = _int_param(request, "_count", settings.history_page_size, maximum=settings.max_page_size)
+    count = _int_param(
+        request, "_count", settings.history_page_size, maximum=settings.max_page_size
+    )
     cursor_text = request.query_params.get("_cursor")
     cursor = _int_param(request, "_cursor", 0, maximum=2**62) if cursor_text else None
     since = _since(request)
     store = Store(session)
     rows = await store.history(
-        resource_type=resource_type, resource_id=resource_id, since=since,
-        before_seq=cursor, limit=count + 1,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        since=since,
+        before_seq=cursor,
+        limit=count + 1,
     )
     more = len(rows) > count
     rows = rows[:count]
@@ -86,7 +95,13 @@ async def page(
     path = "/".join(p for p in (resource_type, resource_id) if p)
     kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
     self_url = f"{base}/{path + '/' if path else ''}_history"
-    links = [("self", self_url + ("?" + urlencode(request.query_params.multi_items()) if request.url.query else ""))]
+    links = [
+        (
+            "self",
+            self_url
+            + ("?" + urlencode(request.query_params.multi_items()) if request.url.query else ""),
+        )
+    ]
     if more and rows:
         links.append(("next", self_url + "?" + urlencode([*kept, ("_cursor", str(rows[-1][0]))])))
     return bundle(

@@ -15,10 +15,19 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 # Types that R4B introduced or renamed; they are not R4 (4.0.1) resources.
 _R4B_ONLY = frozenset(
     {
-        "AdministrableProductDefinition", "Citation", "ClinicalUseDefinition", "EvidenceReport",
-        "Ingredient", "ManufacturedItemDefinition", "MedicinalProductDefinition",
-        "NutritionProduct", "PackagedProductDefinition", "RegulatedAuthorization",
-        "SubscriptionStatus", "SubscriptionTopic", "SubstanceDefinition",
+        "AdministrableProductDefinition",
+        "Citation",
+        "ClinicalUseDefinition",
+        "EvidenceReport",
+        "Ingredient",
+        "ManufacturedItemDefinition",
+        "MedicinalProductDefinition",
+        "NutritionProduct",
+        "PackagedProductDefinition",
+        "RegulatedAuthorization",
+        "SubscriptionStatus",
+        "SubscriptionTopic",
+        "SubstanceDefinition",
     }
 )
 _ABSTRACT = frozenset({"Resource", "DomainResource"})

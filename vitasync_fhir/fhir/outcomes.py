@@ -18,7 +18,11 @@ class Issue:
     expression: str | None = None
 
     def as_json(self) -> dict:
-        issue: dict = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        issue: dict = {
+            "severity": self.severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        }
         if self.expression:
             issue["expression"] = [self.expression]
         return issue

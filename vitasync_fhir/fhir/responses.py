@@ -41,19 +41,25 @@ def response_media_type(request: Request) -> str:
     accept = request.headers.get("accept", "")
     types = _media_types(accept) if accept else [""]
     if not any(t in _ACCEPTABLE for t in types):
-        raise FhirError(406, "not-supported", f"Cannot answer in {accept!r}; this server speaks JSON")
+        raise FhirError(
+            406, "not-supported", f"Cannot answer in {accept!r}; this server speaks JSON"
+        )
     if "application/json" in types and FHIR_JSON not in types:
         return "application/json"
     return FHIR_JSON
 
 
-def require_json_body(request: Request, *, allowed: Iterable[str] = ("application/fhir+json", "application/json")) -> None:
+def require_json_body(
+    request: Request, *, allowed: Iterable[str] = ("application/fhir+json", "application/json")
+) -> None:
     """415 unless the request body is declared as one of `allowed`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in allowed:
         shown = content_type or "none"
         raise FhirError(
-            415, "not-supported", f"Content-Type {shown} is not supported; send {', '.join(allowed)}"
+            415,
+            "not-supported",
+            f"Content-Type {shown} is not supported; send {', '.join(allowed)}",
         )
 
 

@@ -24,8 +24,13 @@ router = APIRouter()
 JSON_PATCH = "application/json-patch+json"
 
 
-def version_headers(request: Request, version: Version, *, location: bool = False) -> dict[str, str]:
-    headers = {"ETag": version.etag, "Last-Modified": format_datetime(version.last_updated, usegmt=True)}
+def version_headers(
+    request: Request, version: Version, *, location: bool = False
+) -> dict[str, str]:
+    headers = {
+        "ETag": version.etag,
+        "Last-Modified": format_datetime(version.last_updated, usegmt=True),
+    }
     if location:
         base = request.app.state.settings.fhir_base
         headers["Location"] = (
@@ -70,7 +75,9 @@ def _read_answer(request: Request, version: Version) -> Response:
     return fhir_response(request, version.content, headers=headers)
 
 
-async def _body(request: Request, *, media: tuple[str, ...] = ("application/fhir+json", "application/json")) -> object:
+async def _body(
+    request: Request, *, media: tuple[str, ...] = ("application/fhir+json", "application/json")
+) -> object:
     require_json_body(request, allowed=media)
     return parse_json(await request.body())
 
@@ -95,23 +102,30 @@ async def type_history(resource_type: str, request: Request, session: SessionDep
 
 
 @router.get("/{resource_type}/{resource_id}/_history", name="history-instance")
-async def instance_history(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+async def instance_history(
+    resource_type: str, resource_id: str, request: Request, session: SessionDep
+) -> Response:
     """Every version of one resource, newest first."""
     await Resources(session).read_any(resource_type, resource_id)
     return fhir_response(
-        request, await history.page(request, session, resource_type=resource_type, resource_id=resource_id)
+        request,
+        await history.page(request, session, resource_type=resource_type, resource_id=resource_id),
     )
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", name="vread")
-async def vread(resource_type: str, resource_id: str, version_id: str, request: Request, session: SessionDep) -> Response:
+async def vread(
+    resource_type: str, resource_id: str, version_id: str, request: Request, session: SessionDep
+) -> Response:
     """One version of a resource."""
     version = await Resources(session).vread(resource_type, resource_id, version_id)
     return _read_answer(request, version)
 
 
 @router.get("/{resource_type}/{resource_id}", name="read")
-async def read(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+async def read(
+    resource_type: str, resource_id: str, request: Request, session: SessionDep
+) -> Response:
     """The current version of a resource."""
     version = await Resources(session).read(resource_type, resource_id)
     return _read_answer(request, version)
@@ -129,7 +143,9 @@ async def create(resource_type: str, request: Request, session: SessionDep) -> R
 
 
 @router.put("/{resource_type}/{resource_id}", name="update")
-async def update(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+async def update(
+    resource_type: str, resource_id: str, request: Request, session: SessionDep
+) -> Response:
     """Update a resource, or create it with this id."""
     check_type(resource_type)
     data = await _body(request)
@@ -152,7 +168,9 @@ async def conditional_update(resource_type: str, request: Request, session: Sess
 
 
 @router.patch("/{resource_type}/{resource_id}", name="patch")
-async def patch(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+async def patch(
+    resource_type: str, resource_id: str, request: Request, session: SessionDep
+) -> Response:
     """Apply a JSON Patch to a resource."""
     check_type(resource_type)
     operations = await _body(request, media=(JSON_PATCH,))
@@ -163,7 +181,9 @@ async def patch(resource_type: str, resource_id: str, request: Request, session:
 
 
 @router.delete("/{resource_type}/{resource_id}", name="delete")
-async def delete(resource_type: str, resource_id: str, request: Request, session: SessionDep) -> Response:
+async def delete(
+    resource_type: str, resource_id: str, request: Request, session: SessionDep
+) -> Response:
     """Delete a resource (its history stays)."""
     version = await Resources(session).delete(
         resource_type, resource_id, if_match=request.headers.get("if-match")

@@ -23,7 +23,7 @@ from vitasync_fhir.fhir.validation import validate
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
-_RETRIES = 5
+_RETRIES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def parse_json(body: bytes) -> object:
 def parse_etag(value: str, *, header: str = "If-Match") -> int:
     match = _ETAG.match(value.strip())
     if not match:
-        raise outcomes.bad_request(f"{header} {value!r} is not a version tag like W/\"3\"")
+        raise outcomes.bad_request(f'{header} {value!r} is not a version tag like W/"3"')
     return int(match.group(1))
 
 
@@ -88,13 +88,14 @@ def check_resource(data: object, resource_type: str) -> dict:
     problems = validate(data, expected_type=resource_type)
     if problems:
         raise outcomes.unprocessable(
-            Issue(code=p.code, diagnostics=p.diagnostics, expression=p.expression)
-            for p in problems
+            Issue(code=p.code, diagnostics=p.diagnostics, expression=p.expression) for p in problems
         )
     return data
 
 
-def stamp(data: dict, resource_type: str, resource_id: str, version_id: int, moment: datetime) -> tuple[str, dict]:
+def stamp(
+    data: dict, resource_type: str, resource_id: str, version_id: int, moment: datetime
+) -> tuple[str, dict]:
     """Set id and meta as the server decides them; the JSON text stored and served as is."""
     meta = dict(data.get("meta") or {})
     meta["versionId"] = str(version_id)
@@ -109,7 +110,11 @@ def _same_content(stored: str | None, new: dict) -> bool:
         return False
     old = orjson.loads(stored)
     for doc in (old, new):
-        meta = {k: v for k, v in (doc.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        meta = {
+            k: v
+            for k, v in (doc.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")
+        }
         doc.pop("meta", None)
         if meta:
             doc["meta"] = meta
@@ -152,36 +157,52 @@ class Resources:
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id}")
         if found.deleted:
-            raise outcomes.gone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion")
+            raise outcomes.gone(
+                f"Version {version_id} of {resource_type}/{resource_id} is a deletion"
+            )
         return found
 
     # -- planning writes (shared by single interactions and bundles) ------------------------------
 
-    def plan_create(self, resource_type: str, data: dict, *, resource_id: str | None = None) -> Write:
+    def plan_create(
+        self, resource_type: str, data: dict, *, resource_id: str | None = None
+    ) -> Write:
         rid = resource_id or new_id()
         moment = now()
         content, resource = stamp(data, resource_type, rid, 1, moment)
         version = Version(resource_type, rid, 1, moment, False, content, "POST")
         return Write(version=version, resource=resource, replaces=None)
 
-    def plan_update(self, current: Version | None, resource_type: str, resource_id: str, data: dict) -> Write | None:
+    def plan_update(
+        self, current: Version | None, resource_type: str, resource_id: str, data: dict
+    ) -> Write | None:
         """The write that makes `data` current, or None when nothing would change."""
-        if current is not None and not current.deleted and _same_content(current.content, dict(data)):
+        if (
+            current is not None
+            and not current.deleted
+            and _same_content(current.content, dict(data))
+        ):
             return None
         next_version = current.version_id + 1 if current else 1
         moment = now()
         content, resource = stamp(data, resource_type, resource_id, next_version, moment)
         version = Version(resource_type, resource_id, next_version, moment, False, content, "PUT")
-        return Write(version=version, resource=resource, replaces=current.version_id if current else None)
+        return Write(
+            version=version, resource=resource, replaces=current.version_id if current else None
+        )
 
     def plan_delete(self, current: Version) -> Write:
         moment = now()
-        version = Version(current.resource_type, current.id, current.version_id + 1, moment, True, None, "DELETE")
+        version = Version(
+            current.resource_type, current.id, current.version_id + 1, moment, True, None, "DELETE"
+        )
         return Write(version=version, resource=None, replaces=current.version_id)
 
     # -- single interactions -----------------------------------------------------------------
 
-    async def create(self, resource_type: str, data: object, *, if_none_exist: str | None = None) -> Saved:
+    async def create(
+        self, resource_type: str, data: object, *, if_none_exist: str | None = None
+    ) -> Saved:
         check_type(resource_type)
         resource = check_resource(data, resource_type)
         if if_none_exist:
@@ -206,7 +227,7 @@ class Resources:
             )
         expected = parse_etag(if_match) if if_match else None
         for _ in range(_RETRIES):
-            current = await self.store.current(resource_type, resource_id)
+            current = await self.store.current(resource_type, resource_id, for_update=True)
             _check_precondition(current, expected, resource_type, resource_id)
             write = self.plan_update(current, resource_type, resource_id, resource)
             if write is None:
@@ -222,7 +243,12 @@ class Resources:
         raise outcomes.conflict(f"{resource_type}/{resource_id} is being changed by others; retry")
 
     async def patch(
-        self, resource_type: str, resource_id: str, operations: object, *, if_match: str | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: object,
+        *,
+        if_match: str | None = None,
     ) -> Saved:
         check_type(resource_type)
         if not isinstance(operations, list):
@@ -233,7 +259,12 @@ class Resources:
         assert current.content is not None
         try:
             patched = jsonpatch.apply_patch(orjson.loads(current.content), operations)
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as error:
+        except (
+            jsonpatch.JsonPatchException,
+            jsonpatch.JsonPointerException,
+            TypeError,
+            ValueError,
+        ) as error:
             raise FhirError(422, "processing", f"The patch cannot be applied: {error}") from None
         if not isinstance(patched, dict) or patched.get("id") != resource_id:
             raise FhirError(422, "processing", "A patch may not change the resource's id or type")
@@ -241,11 +272,13 @@ class Resources:
             resource_type, resource_id, patched, if_match=if_match or current.etag
         )
 
-    async def delete(self, resource_type: str, resource_id: str, *, if_match: str | None = None) -> Version | None:
+    async def delete(
+        self, resource_type: str, resource_id: str, *, if_match: str | None = None
+    ) -> Version | None:
         """Delete; None when the resource was already deleted."""
         check_type(resource_type)
         expected = parse_etag(if_match) if if_match else None
-        current = await self.store.current(resource_type, resource_id)
+        current = await self.store.current(resource_type, resource_id, for_update=True)
         if current is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
         _check_precondition(current, expected, resource_type, resource_id)
@@ -288,7 +321,9 @@ class Resources:
             raise outcomes.bad_request(
                 f"The body's id {body_id!r} differs from the matching resource {match.id!r}"
             )
-        return await self.update(resource_type, match.id, {**resource, "id": match.id}, if_match=if_match)
+        return await self.update(
+            resource_type, match.id, {**resource, "id": match.id}, if_match=if_match
+        )
 
     async def conditional_delete(self, resource_type: str, query: str) -> Version | None:
         check_type(resource_type)
@@ -304,7 +339,9 @@ def _stale(resource_type: str, resource_id: str) -> FhirError:
     )
 
 
-def _check_precondition(current: Version | None, expected: int | None, resource_type: str, resource_id: str) -> None:
+def _check_precondition(
+    current: Version | None, expected: int | None, resource_type: str, resource_id: str
+) -> None:
     if expected is None:
         return
     if current is None or current.version_id != expected:

@@ -56,7 +56,7 @@ class VersionConflict(Exception):
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _version(row, *, method: str = "") -> Version:  # type: ignore[no-untyped-def]
@@ -76,10 +76,15 @@ class Store:
         self.session = session
         self._dialect = session.bind.dialect.name if session.bind else "sqlite"
 
-    async def current(self, resource_type: str, resource_id: str) -> Version | None:
+    async def current(
+        self, resource_type: str, resource_id: str, *, for_update: bool = False
+    ) -> Version | None:
+        """The current version; `for_update` locks the row until commit where the database can."""
         query = select(resources).where(
             resources.c.resource_type == resource_type, resources.c.id == resource_id
         )
+        if for_update:
+            query = query.with_for_update()
         row = (await self.session.execute(query)).first()
         return _version(row) if row else None
 
@@ -92,7 +97,9 @@ class Store:
         rows = (await self.session.execute(query)).all()
         return {(r.resource_type, r.id): _version(r) for r in rows}
 
-    async def version(self, resource_type: str, resource_id: str, version_id: int) -> Version | None:
+    async def version(
+        self, resource_type: str, resource_id: str, version_id: int
+    ) -> Version | None:
         query = select(resource_history).where(
             resource_history.c.resource_type == resource_type,
             resource_history.c.id == resource_id,
@@ -102,7 +109,7 @@ class Store:
         return _version(row) if row else None
 
     async def write(self, writes: Sequence[Write]) -> None:
-        """Store new versions, their history rows and index rows, all in the caller's transaction."""
+        """Store new versions, their history and index rows, in the caller's transaction."""
         if not writes:
             return
         mark_written(self.session)
@@ -135,21 +142,15 @@ class Store:
     async def _insert_fresh(self, writes: Sequence[Write]) -> None:
         rows = [_current_row(w.version) for w in writes]
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = dialect_insert(resources).on_conflict_do_nothing(
-            index_elements=["resource_type", "id"]
+        statement = (
+            dialect_insert(resources)
+            .on_conflict_do_nothing(index_elements=["resource_type", "id"])
+            .returning(resources.c.resource_type, resources.c.id)
         )
-        if len(rows) == 1:
-            result = await self.session.execute(statement, rows[0])
-            if result.rowcount != 1:
-                raise VersionConflict(rows[0]["resource_type"], rows[0]["id"])
-            return
-        await self.session.execute(statement, rows)
-        keys = [(r["resource_type"], r["id"]) for r in rows]
-        stored = await self.current_many(keys)
-        for w in writes:
-            got = stored.get((w.version.resource_type, w.version.id))
-            if got is None or got.version_id != w.version.version_id or got.content != w.version.content:
-                raise VersionConflict(w.version.resource_type, w.version.id)
+        inserted = {tuple(r) for r in (await self.session.execute(statement, rows)).all()}
+        for row in rows:
+            if (row["resource_type"], row["id"]) not in inserted:
+                raise VersionConflict(row["resource_type"], row["id"])
 
     async def _replace(self, w: Write) -> None:
         v = w.version

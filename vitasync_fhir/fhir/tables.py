@@ -38,7 +38,9 @@ resources = Table(
 resource_history = Table(
     "resource_history",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("resource_type", String(TYPE_LENGTH), nullable=False),
     Column("id", String(ID_LENGTH), nullable=False),
     Column("version_id", Integer, nullable=False),

@@ -1,0 +1,211 @@
+"""Batch and transaction Bundles at POST /fhir."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from factories import FHIR_JSON, create, load_bundle, observation, patient
+from sqlalchemy import create_engine, func, select
+
+from vitasync_fhir.db import sync_url
+from vitasync_fhir.schema import metadata
+
+SMALL = ["Clemente_Kreiger", "Buster_Hoeger", "Liz_Conn"]
+
+
+def tx(*entries: dict, kind: str = "transaction") -> dict:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def post(resource: dict, full_url: str | None = None) -> dict:
+    entry: dict = {
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"]},
+    }
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def references(node) -> list[str]:  # type: ignore[no-untyped-def]
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                found.append(value)
+            else:
+                found += references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += references(item)
+    return found
+
+
+def stored_count(client) -> int:  # type: ignore[no-untyped-def]
+    return client.get("/fhir/_history?_total=accurate&_count=1").json()["total"]
+
+
+def row_counts(database_url: str) -> dict[str, int]:
+    """Rows in every table of the schema, read straight from the database."""
+    engine = create_engine(sync_url(database_url))
+    with engine.connect() as conn:
+        counts = {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in metadata.sorted_tables
+        }
+    engine.dispose()
+    return counts
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_synthea_bundle_loads_and_every_reference_resolves(client, synthea_dir, name):
+    path = next(synthea_dir.glob(f"{name}_*.json"))
+    source = orjson.loads(path.read_bytes())
+    answer = load_bundle(client, path)
+    assert answer["type"] == "transaction-response"
+    assert len(answer["entry"]) == len(source["entry"])
+    assert all(e["response"]["status"] == "201 Created" for e in answer["entry"])
+    checked = 0
+    for entry in answer["entry"]:
+        location = entry["response"]["location"].replace("http://testserver", "")
+        resource = client.get(location).json()
+        for ref in references(resource):
+            if ref.startswith("#"):
+                continue
+            assert not ref.startswith("urn:uuid:"), ref
+            target = client.get(f"/fhir/{ref}")
+            assert target.status_code == 200, ref
+            checked += 1
+    assert checked > 50
+
+
+def test_urn_uuid_references_are_rewritten_in_order(client):
+    bundle = tx(
+        post(
+            observation(patient_ref="urn:uuid:11111111-1111-1111-1111-111111111111"),
+            "urn:uuid:22222222-2222-2222-2222-222222222222",
+        ),
+        post(patient(), "urn:uuid:11111111-1111-1111-1111-111111111111"),
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    obs_loc, pat_loc = (e["response"]["location"] for e in answer.json()["entry"])
+    assert "/Observation/" in obs_loc and "/Patient/" in pat_loc
+    obs = client.get(obs_loc.replace("http://testserver", "")).json()
+    pid = pat_loc.split("/Patient/")[1].split("/")[0]
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_transaction_is_all_or_nothing(client, database_url):
+    existing = create(client, patient(family="Existing", identifier="MRN-1"))["id"]
+    before = row_counts(database_url)
+    assert before["resources"] == 1
+    bundle = tx(
+        {"request": {"method": "DELETE", "url": f"Patient/{existing}"}},
+        post(patient(family="Kept", identifier="MRN-2")),
+        post(observation(patient_ref=f"Patient/{existing}")),
+        post(patient(gender="robot")),
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 422
+    issue = answer.json()["issue"][0]
+    assert "Bundle.entry[3]" in issue["diagnostics"]
+    assert row_counts(database_url) == before
+    assert client.get(f"/fhir/Patient/{existing}").status_code == 200
+
+
+def test_unresolved_urn_reference_fails_the_transaction(client):
+    bundle = tx(post(observation(patient_ref="urn:uuid:99999999-9999-9999-9999-999999999999")))
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 400
+    assert stored_count(client) == 0
+
+
+def test_transaction_processes_delete_put_patch_and_get(client):
+    doomed = create(client, patient(family="Doomed"))["id"]
+    kept = create(client, patient(family="Kept"))["id"]
+    ops = base64.b64encode(
+        orjson.dumps([{"op": "replace", "path": "/name/0/family", "value": "Patched"}])
+    ).decode()
+    bundle = tx(
+        {"request": {"method": "GET", "url": f"Patient/{kept}"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{doomed}"}},
+        {
+            "resource": patient(id="client-id-1", family="Put"),
+            "request": {"method": "PUT", "url": "Patient/client-id-1"},
+        },
+        {
+            "resource": {
+                "resourceType": "Binary",
+                "contentType": "application/json-patch+json",
+                "data": ops,
+            },
+            "request": {"method": "PATCH", "url": f"Patient/{kept}"},
+        },
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "200 OK",
+        "204 No Content",
+        "201 Created",
+        "200 OK",
+    ]
+    assert entries[0]["resource"]["name"][0]["family"] == "Patched"  # GET runs last
+    assert client.get(f"/fhir/Patient/{doomed}").status_code == 410
+    assert client.get("/fhir/Patient/client-id-1").json()["name"][0]["family"] == "Put"
+
+
+def test_same_resource_twice_is_rejected(client):
+    bundle = tx(
+        {"resource": patient(id="twice"), "request": {"method": "PUT", "url": "Patient/twice"}},
+        {"request": {"method": "DELETE", "url": "Patient/twice"}},
+    )
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 400
+
+
+def test_if_match_in_a_transaction(client):
+    pid = create(client, patient())["id"]
+    bundle = tx(
+        {
+            "resource": patient(id=pid, family="New"),
+            "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"7"'},
+        }
+    )
+    assert client.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 412
+
+
+def test_batch_entries_succeed_or_fail_alone(client):
+    bundle = tx(
+        post(patient(family="Fine")),
+        post(patient(gender="robot")),
+        {"request": {"method": "GET", "url": "Patient/nope"}},
+        kind="batch",
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in body["entry"]]
+    assert statuses[0] == "201 Created"
+    assert statuses[1].startswith("422") and statuses[2].startswith("404")
+    assert body["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert stored_count(client) == 1
+
+
+def test_bad_bundles_are_400(client):
+    for body in (
+        {"resourceType": "Patient"},
+        {"resourceType": "Bundle", "type": "collection"},
+        {"resourceType": "Bundle", "type": "transaction", "entry": {}},
+        tx({"resource": patient()}),
+        tx({"request": {"method": "POST", "url": "Patient"}}),
+        tx({"request": {"method": "TRACE", "url": "Patient"}}),
+    ):
+        answer = client.post("/fhir", json=body, headers=FHIR_JSON)
+        assert answer.status_code == 400, (body, answer.text)
+    unknown = client.post("/fhir", json=tx(post({"resourceType": "Nonsense"})), headers=FHIR_JSON)
+    assert unknown.status_code == 404

@@ -1,0 +1,342 @@
+"""The FHIR REST interactions on single resources, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import orjson
+from factories import FHIR_JSON, create, observation, patient
+
+PATCH_JSON = {"Content-Type": "application/json-patch+json"}
+
+
+def outcome_code(answer) -> str:  # type: ignore[no-untyped-def]
+    body = answer.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    return body["issue"][0]["code"]
+
+
+def test_create_assigns_uuid_version_and_location(client):
+    answer = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    assert answer.status_code == 201
+    body = answer.json()
+    assert len(body["id"]) == 36 and body["id"].count("-") == 4
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["lastUpdated"].endswith("Z")
+    assert answer.headers["etag"] == 'W/"1"'
+    assert answer.headers["location"] == f"http://testserver/fhir/Patient/{body['id']}/_history/1"
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    assert "last-modified" in answer.headers
+
+
+def test_create_ignores_client_id_and_meta(client):
+    body = create(client, patient(id="mine", meta={"versionId": "9", "tag": [{"code": "t"}]}))
+    assert body["id"] != "mine"
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["tag"] == [{"code": "t"}]
+
+
+def test_read_serves_exactly_what_create_returned(client):
+    created = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    read = client.get(f"/fhir/Patient/{created.json()['id']}")
+    assert read.status_code == 200
+    assert read.content == created.content
+    assert read.headers["etag"] == 'W/"1"'
+
+
+def test_update_makes_versions_and_vread_reads_each(client):
+    pid = create(client, patient(family="One"))["id"]
+    second = client.put(
+        f"/fhir/Patient/{pid}", json=patient(id=pid, family="Two"), headers=FHIR_JSON
+    )
+    assert second.status_code == 200
+    assert second.json()["meta"]["versionId"] == "2"
+    assert client.get(f"/fhir/Patient/{pid}/_history/1").json()["name"][0]["family"] == "One"
+    assert client.get(f"/fhir/Patient/{pid}/_history/2").json()["name"][0]["family"] == "Two"
+    assert client.get(f"/fhir/Patient/{pid}/_history/3").status_code == 404
+    assert client.get(f"/fhir/Patient/{pid}/_history/x").status_code == 404
+
+
+def test_update_with_unchanged_content_keeps_the_version(client):
+    pid = create(client, patient())["id"]
+    again = client.put(f"/fhir/Patient/{pid}", json=patient(id=pid), headers=FHIR_JSON)
+    assert again.status_code == 200
+    assert again.json()["meta"]["versionId"] == "1"
+
+
+def test_put_with_client_id_creates(client):
+    answer = client.put("/fhir/Patient/abc-123.x", json=patient(id="abc-123.x"), headers=FHIR_JSON)
+    assert answer.status_code == 201
+    assert answer.json()["id"] == "abc-123.x"
+    assert client.get("/fhir/Patient/abc-123.x").status_code == 200
+
+
+def test_put_rejects_bad_ids_and_mismatches(client):
+    bad = client.put("/fhir/Patient/bad_id!", json=patient(id="bad_id!"), headers=FHIR_JSON)
+    assert bad.status_code == 400
+    long = "a" * 65
+    assert (
+        client.put(f"/fhir/Patient/{long}", json=patient(id=long), headers=FHIR_JSON).status_code
+        == 400
+    )
+    mismatch = client.put("/fhir/Patient/one", json=patient(id="two"), headers=FHIR_JSON)
+    assert mismatch.status_code == 400
+    missing = client.put("/fhir/Patient/one", json=patient(), headers=FHIR_JSON)
+    assert missing.status_code == 400
+    wrong_type = client.put(
+        "/fhir/Patient/one", json={"resourceType": "Observation", "id": "one"}, headers=FHIR_JSON
+    )
+    assert wrong_type.status_code == 400
+
+
+def test_if_match_precondition(client):
+    pid = create(client, patient())["id"]
+    ok = client.put(
+        f"/fhir/Patient/{pid}",
+        json=patient(id=pid, family="B"),
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
+    )
+    assert ok.status_code == 200
+    stale = client.put(
+        f"/fhir/Patient/{pid}",
+        json=patient(id=pid, family="C"),
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
+    )
+    assert stale.status_code == 412
+    assert outcome_code(stale) == "conflict"
+    assert client.delete(f"/fhir/Patient/{pid}", headers={"If-Match": 'W/"1"'}).status_code == 412
+    assert (
+        client.put(
+            f"/fhir/Patient/{pid}", json=patient(id=pid), headers={**FHIR_JSON, "If-Match": "junk"}
+        ).status_code
+        == 400
+    )
+
+
+def test_conditional_read_headers(client):
+    created = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    pid = created.json()["id"]
+    assert client.get(f"/fhir/Patient/{pid}", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert client.get(f"/fhir/Patient/{pid}", headers={"If-None-Match": 'W/"2"'}).status_code == 200
+    modified = created.headers["last-modified"]
+    assert (
+        client.get(f"/fhir/Patient/{pid}", headers={"If-Modified-Since": modified}).status_code
+        == 304
+    )
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert client.get(f"/fhir/Patient/{pid}", headers={"If-Modified-Since": old}).status_code == 200
+
+
+def test_delete_is_a_versioned_tombstone(client):
+    pid = create(client, patient())["id"]
+    deleted = client.delete(f"/fhir/Patient/{pid}")
+    assert deleted.status_code == 204
+    assert deleted.headers["etag"] == 'W/"2"'
+    gone = client.get(f"/fhir/Patient/{pid}")
+    assert gone.status_code == 410
+    assert outcome_code(gone) == "deleted"
+    assert client.get(f"/fhir/Patient/{pid}/_history/1").status_code == 200
+    assert client.get(f"/fhir/Patient/{pid}/_history/2").status_code == 410
+    assert client.delete(f"/fhir/Patient/{pid}").status_code == 204
+    history = client.get(f"/fhir/Patient/{pid}/_history").json()
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]
+    assert "resource" not in history["entry"][0]
+    revived = client.put(f"/fhir/Patient/{pid}", json=patient(id=pid), headers=FHIR_JSON)
+    assert revived.status_code == 201
+    assert revived.json()["meta"]["versionId"] == "3"
+
+
+def test_unknown_type_and_id(client):
+    assert outcome_code(client.get("/fhir/Nonsense/1")) == "not-supported"
+    assert client.get("/fhir/Nonsense/1").status_code == 404
+    missing = client.get("/fhir/Patient/does-not-exist")
+    assert missing.status_code == 404
+    assert outcome_code(missing) == "not-found"
+    assert client.delete("/fhir/Patient/does-not-exist").status_code == 404
+    assert (
+        client.post(
+            "/fhir/Nonsense", json={"resourceType": "Nonsense"}, headers=FHIR_JSON
+        ).status_code
+        == 404
+    )
+
+
+def test_method_not_allowed(client):
+    answer = client.post("/fhir/Patient/123", json=patient(), headers=FHIR_JSON)
+    assert answer.status_code == 405
+    assert outcome_code(answer) == "not-supported"
+
+
+def test_malformed_json_is_400_never_500(client):
+    for body in (
+        b"{",
+        b"not json",
+        b"\xff\xfe\x00",
+        b"",
+        b"[1,2]",
+        b'"Patient"',
+        b"{" * 5000 + b"}" * 5000,
+    ):
+        answer = client.post("/fhir/Patient", content=body, headers=FHIR_JSON)
+        assert answer.status_code == 400, (body[:20], answer.text)
+        assert outcome_code(answer) == "invalid"
+
+
+def test_invalid_resource_is_422_naming_the_element(client):
+    answer = client.post("/fhir/Patient", json=patient(gender="robot"), headers=FHIR_JSON)
+    assert answer.status_code == 422
+    issues = answer.json()["issue"]
+    assert any("Patient.gender" in (i.get("expression") or [""])[0] for i in issues)
+    yes = client.post("/fhir/Patient", json=patient(active="yes"), headers=FHIR_JSON)
+    assert yes.status_code == 422
+    nothing_stored = client.get("/fhir/Patient/_history").json()
+    assert nothing_stored.get("entry", []) == []
+
+
+def test_body_too_large_is_413(client):
+    big = b'{"resourceType":"Patient","text":"' + b"x" * (17 * 1024 * 1024) + b'"}'
+    answer = client.post("/fhir/Patient", content=big, headers=FHIR_JSON)
+    assert answer.status_code == 413
+    assert outcome_code(answer) == "too-long"
+
+
+def test_unsupported_media_types(client):
+    xml = client.post(
+        "/fhir/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"}
+    )
+    assert xml.status_code == 415
+    pid = create(client, patient())["id"]
+    assert (
+        client.get(f"/fhir/Patient/{pid}", headers={"Accept": "application/fhir+xml"}).status_code
+        == 406
+    )
+    assert client.get(f"/fhir/Patient/{pid}?_format=xml").status_code == 406
+    plain = client.get(f"/fhir/Patient/{pid}", headers={"Accept": "application/json"})
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
+    assert client.get(f"/fhir/Patient/{pid}?_format=json").status_code == 200
+    pretty = client.get(f"/fhir/Patient/{pid}?_pretty=true")
+    assert pretty.text.startswith('{\n  "resourceType"')
+    assert orjson.loads(pretty.content) == client.get(f"/fhir/Patient/{pid}").json()
+
+
+def test_prefer_return(client):
+    minimal = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
+    assert minimal.status_code == 201 and minimal.content == b"" and minimal.headers["location"]
+    as_outcome = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=OperationOutcome"}
+    )
+    assert as_outcome.status_code == 201
+    assert as_outcome.json()["resourceType"] == "OperationOutcome"
+    full = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=representation"}
+    )
+    assert full.json()["resourceType"] == "Patient"
+
+
+def test_json_patch(client):
+    pid = create(client, patient(family="Before"))["id"]
+    ops = [{"op": "replace", "path": "/name/0/family", "value": "After"}]
+    answer = client.patch(f"/fhir/Patient/{pid}", content=orjson.dumps(ops), headers=PATCH_JSON)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["name"][0]["family"] == "After"
+    assert answer.json()["meta"]["versionId"] == "2"
+    invalid = [{"op": "replace", "path": "/gender", "value": "robot"}]
+    assert (
+        client.patch(
+            f"/fhir/Patient/{pid}", content=orjson.dumps(invalid), headers=PATCH_JSON
+        ).status_code
+        == 422
+    )
+    broken = [{"op": "remove", "path": "/nope"}]
+    assert (
+        client.patch(
+            f"/fhir/Patient/{pid}", content=orjson.dumps(broken), headers=PATCH_JSON
+        ).status_code
+        == 422
+    )
+    change_id = [{"op": "replace", "path": "/id", "value": "other"}]
+    assert (
+        client.patch(
+            f"/fhir/Patient/{pid}", content=orjson.dumps(change_id), headers=PATCH_JSON
+        ).status_code
+        == 422
+    )
+    stale = client.patch(
+        f"/fhir/Patient/{pid}",
+        content=orjson.dumps(ops),
+        headers={**PATCH_JSON, "If-Match": 'W/"1"'},
+    )
+    assert stale.status_code == 412
+    assert (
+        client.patch(
+            f"/fhir/Patient/{pid}", content=orjson.dumps(ops), headers=FHIR_JSON
+        ).status_code
+        == 415
+    )
+    assert (
+        client.patch(
+            "/fhir/Patient/missing", content=orjson.dumps(ops), headers=PATCH_JSON
+        ).status_code
+        == 404
+    )
+
+
+def test_history_levels_and_paging(client):
+    pid = create(client, patient())["id"]
+    for family in ("B", "C", "D"):
+        client.put(f"/fhir/Patient/{pid}", json=patient(id=pid, family=family), headers=FHIR_JSON)
+    create(client, observation(patient_ref=f"Patient/{pid}"))
+    instance = client.get(f"/fhir/Patient/{pid}/_history").json()
+    assert instance["type"] == "history"
+    assert [e["resource"]["meta"]["versionId"] for e in instance["entry"]] == ["4", "3", "2", "1"]
+    type_level = client.get("/fhir/Patient/_history").json()
+    assert {e["resource"]["resourceType"] for e in type_level["entry"]} == {"Patient"}
+    system = client.get("/fhir/_history?_total=accurate").json()
+    assert system["total"] == 5
+    seen = []
+    url = "/fhir/_history?_count=2"
+    while url:
+        page = client.get(url).json()
+        seen += [
+            (e["resource"]["resourceType"], e["resource"]["meta"]["versionId"])
+            for e in page["entry"]
+        ]
+        nxt = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        url = nxt[0].replace("http://testserver", "") if nxt else None
+    assert seen == [
+        ("Observation", "1"),
+        ("Patient", "4"),
+        ("Patient", "3"),
+        ("Patient", "2"),
+        ("Patient", "1"),
+    ]
+    assert client.get("/fhir/_history?_count=abc").status_code == 400
+    assert client.get("/fhir/_history?_since=yesterday").status_code == 400
+    assert client.get("/fhir/_history?bogus=1").status_code == 400
+    future = client.get("/fhir/_history?_since=2999-01-01T00:00:00Z").json()
+    assert future.get("entry", []) == []
+    assert client.get("/fhir/Patient/nope/_history").status_code == 404
+
+
+def test_capability_statement_reflects_routes(client):
+    answer = client.get("/fhir/metadata")
+    assert answer.status_code == 200
+    statement = answer.json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1"
+    rest = statement["rest"][0]
+    patient_entry = next(r for r in rest["resource"] if r["type"] == "Patient")
+    codes = {i["code"] for i in patient_entry["interaction"]}
+    assert {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "create",
+        "history-instance",
+        "history-type",
+        "search-type",
+    } <= codes
+    assert {"transaction", "batch", "history-system"} <= {i["code"] for i in rest["interaction"]}
+    assert len(rest["resource"]) > 100

@@ -1,0 +1,51 @@
+"""The `vitasync-fhir` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+from factories import patient
+from live import served
+
+
+def test_serve_migrates_the_embedded_database_on_first_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITASYNC_")}
+    env["VITASYNC_DATA_DIR"] = str(tmp_path / "var")
+    os.environ.pop("VITASYNC_DATABASE_URL", None)
+    with served(cwd=tmp_path, env=env) as base:
+        assert (tmp_path / "vitasync.sqlite3").exists()
+        created = httpx.post(
+            f"{base}/fhir/Patient",
+            json=patient(),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        assert created.status_code == 201
+        assert created.headers["location"].startswith(f"{base}/fhir/Patient/")
+        read = httpx.get(created.headers["location"])
+        assert read.json()["id"] == created.json()["id"]
+
+
+def test_migrate_command_builds_the_schema(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    env = {**os.environ, "VITASYNC_DATABASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "vitasync_fhir.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "newest schema" in done.stdout
+    import sqlite3
+
+    tables = {
+        r[0]
+        for r in sqlite3.connect(tmp_path / "cli.sqlite3").execute(
+            "select name from sqlite_master where type='table'"
+        )
+    }
+    assert {"resources", "resource_history", "alembic_version"} <= tables

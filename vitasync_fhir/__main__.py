@@ -1,0 +1,3 @@
+from vitasync_fhir.cli import main
+
+main()

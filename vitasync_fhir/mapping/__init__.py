@@ -1,0 +1,1 @@
+"""The engine that runs the declarative files in ../mappings/: VitaSync JSON <-> FHIR."""

@@ -1,0 +1,152 @@
+"""Element paths in the mapping files, and reading and writing JSON along them.
+
+A path is dot-separated steps; a step is a name, optionally with `[n]` (the n-th item of an array)
+or `[key=value]` (the item of an array whose `key` equals `value`, created with that key when
+written): `dosageInstruction[0].text`, `code.coding[system=http://loinc.org].code`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_STEP = re.compile(
+    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\]|\[(?P<key>[A-Za-z]+)=(?P<value>[^\]]+)\])?$"
+)
+
+
+class PathError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    index: int | None = None
+    key: str | None = None
+    value: str | None = None
+
+    @property
+    def is_array(self) -> bool:
+        return self.index is not None or self.key is not None
+
+
+def _split(path: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in path:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "." and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+def parse(path: str) -> tuple[Step, ...]:
+    steps = []
+    for text in _split(path):
+        match = _STEP.match(text)
+        if not match:
+            raise PathError(f"{path!r}: step {text!r} is not name, name[n] or name[key=value]")
+        index = match.group("index")
+        steps.append(
+            Step(
+                match.group("name"),
+                int(index) if index else None,
+                match.group("key"),
+                match.group("value"),
+            )
+        )
+    return tuple(steps)
+
+
+def _item(items: list, step: Step, *, create: bool) -> dict | None:
+    if step.index is not None:
+        while create and len(items) <= step.index:
+            items.append({})
+        return items[step.index] if step.index < len(items) else None
+    for item in items:
+        if isinstance(item, dict) and item.get(step.key) == step.value:
+            return item
+    if not create:
+        return None
+    item = {step.key: step.value}
+    items.append(item)
+    return item
+
+
+def get(document: dict, steps: tuple[Step, ...]) -> object:
+    node: object = document
+    for step in steps:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(step.name)
+        if step.is_array:
+            node = _item(node, step, create=False) if isinstance(node, list) else None
+    return node
+
+
+def put(document: dict, steps: tuple[Step, ...], value: object) -> None:
+    node = document
+    for position, step in enumerate(steps):
+        last = position == len(steps) - 1
+        if step.is_array:
+            items = node.setdefault(step.name, [])
+            if last:
+                if step.index is None:
+                    raise PathError("a [key=value] step cannot be the end of a path")
+                while len(items) <= step.index:
+                    items.append(None)
+                items[step.index] = value
+                return
+            child = _item(items, step, create=True)
+            assert child is not None
+            node = child
+        elif last:
+            node[step.name] = value
+        else:
+            node = node.setdefault(step.name, {})
+
+
+def remove(document: dict, steps: tuple[Step, ...]) -> None:
+    """Delete the element at the path, then whatever the deletion left empty.
+
+    An array item found by `[key=value]` counts as empty once only its key is left.
+    """
+    _remove(document, steps)
+
+
+def _remove(node: dict, steps: tuple[Step, ...]) -> None:
+    step, rest = steps[0], steps[1:]
+    if step.name not in node:
+        return
+    if not step.is_array:
+        if rest and isinstance(node[step.name], dict):
+            _remove(node[step.name], rest)
+            if not node[step.name]:
+                del node[step.name]
+        elif not rest:
+            del node[step.name]
+        return
+    items = node[step.name]
+    if not isinstance(items, list):
+        return
+    item = items[step.index] if step.index is not None and step.index < len(items) else None
+    if step.key is not None:
+        item = _item(items, step, create=False)
+    if item is None:
+        return
+    if rest and isinstance(item, dict):
+        _remove(item, rest)
+        leftover = {k for k in item if k != step.key}
+        if not leftover:
+            items.remove(item)
+    elif not rest:
+        items.remove(item)
+    if not items:
+        del node[step.name]

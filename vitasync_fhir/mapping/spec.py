@@ -1,0 +1,151 @@
+"""The schema of a mapping file, checked when the files are loaded.
+
+A broken mapping stops the start with a message naming the file and the field, instead of failing
+on the first request that uses it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vitasync_fhir.fhir.models import is_resource_type
+from vitasync_fhir.mapping import paths
+
+MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
+
+FieldType = Literal[
+    "string", "code", "integer", "decimal", "boolean", "date", "datetime", "reference", "quantity"
+]
+
+
+class MappingError(Exception):
+    pass
+
+
+class Unit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    unit: str | None = None
+    system: str = "http://unitsofmeasure.org"
+
+
+class FieldSpec(BaseModel):
+    """One field of the simple JSON and where it lives in the FHIR resource."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    type: FieldType = "string"
+    required: bool = False
+    readonly: bool = False
+    target: str | None = None
+    values: list[str] | None = None
+    default: str | int | float | bool | None = None
+    unit: Unit | None = None
+    example: str | int | float | bool | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        paths.parse(self.path)
+        if self.type == "reference" and not (self.target and is_resource_type(self.target)):
+            raise ValueError(f"a reference field needs a known target type, not {self.target!r}")
+        if self.values is not None and self.type != "code":
+            raise ValueError("only a code field lists values")
+        if self.default is not None and self.values is not None and self.default not in self.values:
+            raise ValueError(f"default {self.default!r} is not among the values")
+        return self
+
+    @property
+    def steps(self) -> tuple[paths.Step, ...]:
+        return paths.parse(self.path)
+
+
+class Component(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    display: str
+    unit: Unit
+
+
+class Kind(BaseModel):
+    """One kind of a resource whose code decides its shape (a vital sign)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    display: str
+    system: str = "http://loinc.org"
+    profile: str | None = None
+    unit: Unit | None = None
+    components: dict[str, Component] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Kind:
+        if (self.unit is None) == (not self.components):
+            raise ValueError("a kind has either a unit (one value) or components, not both")
+        return self
+
+
+class Kinds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    field: str
+    value_field: str
+    values: dict[str, Kind]
+
+
+class Mapping(BaseModel):
+    """One /api resource: its name, its FHIR type and its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    resource: str
+    description: str = ""
+    fixed: dict[str, object] = Field(default_factory=dict)
+    fields: dict[str, FieldSpec]
+    kinds: Kinds | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> Mapping:
+        if not is_resource_type(self.resource):
+            raise ValueError(f"resource {self.resource!r} is not a FHIR R4 resource type")
+        reserved = {"id", "version", "last_updated"} & set(self.fields)
+        if reserved:
+            raise ValueError(f"fields {sorted(reserved)} are added by the engine; remove them")
+        for path in self.fixed:
+            paths.parse(path)
+        if self.kinds and self.kinds.field in self.fields:
+            raise ValueError(f"the kinds field {self.kinds.field!r} must not also be a field")
+        if self.kinds and self.kinds.value_field not in self.fields:
+            raise ValueError(f"the kinds value field {self.kinds.value_field!r} is not a field")
+        for name, field in self.fields.items():
+            if field.type == "quantity" and field.unit is None and self.kinds is None:
+                raise ValueError(
+                    f"field {name!r}: a quantity needs a unit (or kinds that give one)"
+                )
+        return self
+
+
+def load_file(path: Path) -> Mapping:
+    try:
+        data = yaml.safe_load(path.read_text())
+        return Mapping.model_validate(data)
+    except (yaml.YAMLError, ValidationError, paths.PathError, OSError) as error:
+        raise MappingError(f"mapping {path.name} is broken: {error}") from None
+
+
+@cache
+def load_all(folder: Path = MAPPINGS_DIR) -> dict[str, Mapping]:
+    """Every mapping in the folder by name; raises MappingError for the first broken one."""
+    mappings = {}
+    for path in sorted(folder.glob("*.yaml")):
+        mapping = load_file(path)
+        if mapping.name in mappings:
+            raise MappingError(f"mapping {path.name}: name {mapping.name!r} is used twice")
+        mappings[mapping.name] = mapping
+    if not mappings:
+        raise MappingError(f"no mapping files in {folder}")
+    return mappings
