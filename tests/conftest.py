@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from vitasync_fhir import migrations
 from vitasync_fhir.app import create_app
@@ -69,12 +70,16 @@ def worker_id(request: pytest.FixtureRequest) -> str:
     return getattr(request.config, "workerinput", {}).get("workerid", "main")
 
 
+_engines: dict[str, object] = {}
+
+
 def _empty_postgres(url: str) -> None:
-    engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    """Delete every row (much faster than TRUNCATE for the small tables of a test)."""
+    engine = _engines.get(url) or create_engine(url, poolclass=NullPool)
+    _engines[url] = engine
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(text(f'DELETE FROM "{table.name}"'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
