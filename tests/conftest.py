@@ -15,38 +15,18 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
+from support import BASE_URL, PG_SERVER, SYNTHEA, empty_postgres, pg_dsn, unavailable
 
 from vitasync_fhir import migrations
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
-from vitasync_fhir.schema import metadata
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SYNTHEA = SHARED / "data" / "synthea-r4"
-PG_SERVER = os.environ.get("VITASYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-BASE_URL = "http://testserver"
-
-
-def unavailable(reason: str) -> None:
-    """Skip on a developer's machine; fail in CI, where every real service must be there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: required)")
-    pytest.skip(reason)
-
-
-def _pg_dsn(database: str) -> str:
-    return f"{PG_SERVER}/{database}".replace("postgresql+psycopg://", "postgresql://")
 
 
 @pytest.fixture(scope="session")
 def postgres_url(worker_id: str) -> Iterator[str]:
     name = f"vitasync_test_{worker_id}_{os.getpid()}"
     try:
-        with psycopg.connect(_pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
+        with psycopg.connect(pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as error:
@@ -54,7 +34,7 @@ def postgres_url(worker_id: str) -> Iterator[str]:
     url = f"{PG_SERVER}/{name}"
     migrations.upgrade(url)
     yield url
-    with psycopg.connect(_pg_dsn("test"), autocommit=True) as conn:
+    with psycopg.connect(pg_dsn("test"), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -70,18 +50,6 @@ def worker_id(request: pytest.FixtureRequest) -> str:
     return getattr(request.config, "workerinput", {}).get("workerid", "main")
 
 
-_engines: dict[str, object] = {}
-
-
-def _empty_postgres(url: str) -> None:
-    """Delete every row (much faster than TRUNCATE for the small tables of a test)."""
-    engine = _engines.get(url) or create_engine(url, poolclass=NullPool)
-    _engines[url] = engine
-    with engine.begin() as conn:  # type: ignore[attr-defined]
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(text(f'DELETE FROM "{table.name}"'))
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -89,7 +57,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_url")
-    _empty_postgres(url)
+    empty_postgres(url)
     return url
 
 

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import PG_SERVER, unavailable
 from sqlalchemy import create_engine, inspect
+from support import PG_SERVER, unavailable
 
 from vitasync_fhir import migrations
 from vitasync_fhir.db import sync_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from vitasync_fhir import __version__, errors
 from vitasync_fhir.config import Settings
@@ -23,7 +24,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.db.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline serves the /docs assets from the package, so the docs work without internet.
+    app = FastAPIOffline(
         title="VitaSync FHIR",
         version=__version__,
         lifespan=lifespan,

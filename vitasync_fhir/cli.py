@@ -10,6 +10,8 @@ import uvicorn
 from vitasync_fhir import migrations
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import is_sqlite
+from vitasync_fhir.notify import commands as notify_commands
+from vitasync_fhir.notify.worker import serving as notify_serving
 
 cli = typer.Typer(help="VitaSync FHIR server", no_args_is_help=True, add_completion=False)
 
@@ -25,15 +27,17 @@ def serve(
     if is_sqlite(settings.database_url):
         migrations.upgrade(settings.database_url)
     typer.echo(f"VitaSync FHIR on http://{host}:{port}/fhir  (database: {settings.database_url})")
-    uvicorn.run(
-        "vitasync_fhir.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        proxy_headers=True,
-    )
+    # Relays queued e-mail at start; without Redis it also runs the task consumer in-process.
+    with notify_serving(settings):
+        uvicorn.run(
+            "vitasync_fhir.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            proxy_headers=True,
+        )
 
 
 @cli.command()
@@ -59,6 +63,11 @@ def reindex() -> None:
 
     count = asyncio.run(run())
     typer.echo(f"reindexed {count} resources")
+
+
+cli.command("worker")(notify_commands.worker)
+cli.command("outbox-list")(notify_commands.outbox_list)
+cli.command("outbox-retry")(notify_commands.outbox_retry)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,71 @@ class Settings(BaseSettings):
     login_lock_seconds: int = Field(default=900, description="How long a lockout lasts")
     login_window_seconds: int = Field(
         default=900, description="Failures older than this are forgotten"
+    )
+
+    # -- e-mail and background work (notify/) -----------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the Huey queue (production); unset: a SQLite queue in data_dir",
+    )
+    queue_name: str = Field(default="vitasync", description="Huey queue name (Redis key part)")
+    embedded_worker: bool = Field(
+        default=True,
+        description="`serve` runs the queue consumer in its own process when no Redis is set",
+    )
+    smtp_host: str | None = Field(
+        default=None, description="SMTP server; unset: e-mails become .eml files in outbox_dir"
+    )
+    smtp_port: int | None = Field(
+        default=None, description="SMTP port; default 587 (starttls), 465 (tls), 25 (none)"
+    )
+    smtp_user: str | None = Field(default=None, description="SMTP login (only over TLS)")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password")
+    smtp_from: str = Field(
+        default="VitaSync <no-reply@localhost>", description="From: of every e-mail"
+    )
+    smtp_security: str = Field(
+        default="starttls",
+        pattern="^(starttls|tls|none)$",
+        description="starttls (required, never downgraded), tls (implicit, port 465) or none",
+    )
+    smtp_verify: bool = Field(default=True, description="Verify the SMTP server's certificate")
+    smtp_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle trusted for SMTP; default: the system's"
+    )
+    smtp_timeout: float = Field(default=30.0, description="Seconds per SMTP network operation")
+    outbox_dir: Path | None = Field(
+        default=None, description="Where .eml files go without SMTP; default data_dir/outbox"
+    )
+    email_templates_dir: Path | None = Field(
+        default=None, description="A clinic's e-mail templates, used before the built-in ones"
+    )
+    email_link_url: str | None = Field(
+        default=None, description="Web frontend address for links in e-mails; default base_url"
+    )
+    clinic_name: str = Field(default="VitaSync Clinic", description="Signs every e-mail")
+    clinic_address: str = Field(default="", description="Clinic address shown in e-mails")
+    clinic_phone: str = Field(default="", description="Clinic phone shown in e-mails")
+    clinic_email: str = Field(default="", description="Clinic contact address shown in e-mails")
+    clinic_timezone: str = Field(
+        default="UTC", description="IANA zone in which e-mails show appointment times"
+    )
+    notify_max_attempts: int = Field(default=8, description="SMTP attempts before dead-letter")
+    notify_backoff_seconds: float = Field(
+        default=30.0, description="First retry delay; doubles per attempt"
+    )
+    notify_backoff_max_seconds: float = Field(default=3600.0, description="Longest retry delay")
+    notify_lease_seconds: float = Field(
+        default=600.0, description="How long a send may take before it counts as interrupted"
+    )
+    notify_relay_grace_seconds: float = Field(
+        default=60.0, description="How overdue an e-mail is before the relay queues it again"
+    )
+    reminder_interval_minutes: int = Field(
+        default=10, description="How often the reminder scan runs (divides 60)"
+    )
+    reminder_lead_hours: float = Field(
+        default=24.0, description="Reminders go out this long before an appointment"
     )
 
     @property

@@ -94,7 +94,10 @@ class Database:
         )
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions carry the settings so after-commit work (e-mail hand-off) knows its queue.
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, info={"settings": settings}
+        )
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from factories import FHIR_JSON, patient
 from live import served
+from support import empty_postgres
 
 RACERS = 16
 
@@ -19,9 +20,7 @@ def server(request, tmp_path):  # type: ignore[no-untyped-def]
         url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
     else:
         url = request.getfixturevalue("postgres_url")
-        from conftest import _empty_postgres
-
-        _empty_postgres(url)
+        empty_postgres(url)
     env = {**os.environ, "VITASYNC_DATABASE_URL": url}
     with served(cwd=tmp_path, env=env, workers=2) as base:
         yield base
