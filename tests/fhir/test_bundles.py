@@ -209,3 +209,52 @@ def test_bad_bundles_are_400(client):
         assert answer.status_code == 400, (body, answer.text)
     unknown = client.post("/fhir", json=tx(post({"resourceType": "Nonsense"})), headers=FHIR_JSON)
     assert unknown.status_code == 404
+
+
+def test_conditional_references_and_creates_resolve_inside_the_transaction(client):
+    pid = create(client, patient(identifier="TX-1"))["id"]
+    bundle = tx(
+        post(observation(patient_ref="Patient?identifier=urn:test:mrn|TX-1")),
+        {
+            "resource": patient(identifier="TX-1"),
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": "identifier=urn:test:mrn|TX-1",
+            },
+        },
+        {
+            "resource": patient(identifier="TX-2"),
+            "request": {"method": "PUT", "url": "Patient?identifier=urn:test:mrn|TX-2"},
+        },
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "200 OK", "201 Created"]
+    assert f"/Patient/{pid}/" in entries[1]["response"]["location"]
+    obs = client.get(entries[0]["response"]["location"].replace("http://testserver", "")).json()
+    assert obs["subject"]["reference"] == f"Patient/{pid}"
+    missing = tx(post(observation(patient_ref="Patient?identifier=urn:test:mrn|NOBODY")))
+    assert client.post("/fhir", json=missing, headers=FHIR_JSON).status_code == 400
+
+
+def test_a_conditional_delete_in_a_transaction_is_seen_by_its_conditional_create(client):
+    old = create(client, patient(identifier="SEEN-1"))["id"]
+    bundle = tx(
+        {
+            "resource": patient(identifier="SEEN-1", family="Replacement"),
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": "identifier=urn:test:mrn|SEEN-1",
+            },
+        },
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:test:mrn|SEEN-1"}},
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    created, deleted = answer.json()["entry"]
+    assert created["response"]["status"] == "201 Created"
+    assert deleted["response"]["status"] == "204 No Content"
+    assert client.get(f"/fhir/Patient/{old}").status_code == 410

@@ -340,3 +340,72 @@ def test_capability_statement_reflects_routes(client):
     } <= codes
     assert {"transaction", "batch", "history-system"} <= {i["code"] for i in rest["interaction"]}
     assert len(rest["resource"]) > 100
+
+
+def test_conditional_create(client):
+    first = client.post(
+        "/fhir/Patient",
+        json=patient(identifier="C-1"),
+        headers={**FHIR_JSON, "If-None-Exist": "identifier=urn:test:mrn|C-1"},
+    )
+    assert first.status_code == 201
+    again = client.post(
+        "/fhir/Patient",
+        json=patient(identifier="C-1"),
+        headers={**FHIR_JSON, "If-None-Exist": "identifier=urn:test:mrn|C-1"},
+    )
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    create(client, patient(identifier="C-1", family="Twin"))
+    twice = client.post(
+        "/fhir/Patient",
+        json=patient(identifier="C-1"),
+        headers={**FHIR_JSON, "If-None-Exist": "identifier=urn:test:mrn|C-1"},
+    )
+    assert twice.status_code == 412
+    bad = client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR_JSON, "If-None-Exist": "nonsense=1"}
+    )
+    assert bad.status_code == 400
+
+
+def test_conditional_update(client):
+    created = client.put(
+        "/fhir/Patient?identifier=urn:test:mrn|U-1",
+        json=patient(identifier="U-1"),
+        headers=FHIR_JSON,
+    )
+    assert created.status_code == 201
+    pid = created.json()["id"]
+    updated = client.put(
+        "/fhir/Patient?identifier=urn:test:mrn|U-1",
+        json=patient(identifier="U-1", family="New"),
+        headers=FHIR_JSON,
+    )
+    assert updated.status_code == 200
+    assert updated.json()["id"] == pid and updated.json()["meta"]["versionId"] == "2"
+    other = client.put(
+        "/fhir/Patient?identifier=urn:test:mrn|U-1",
+        json=patient(id="other", identifier="U-1"),
+        headers=FHIR_JSON,
+    )
+    assert other.status_code == 400
+    create(client, patient(identifier="U-1"))
+    ambiguous = client.put(
+        "/fhir/Patient?identifier=urn:test:mrn|U-1",
+        json=patient(identifier="U-1"),
+        headers=FHIR_JSON,
+    )
+    assert ambiguous.status_code == 412
+    assert client.put("/fhir/Patient", json=patient(), headers=FHIR_JSON).status_code == 400
+
+
+def test_conditional_delete(client):
+    pid = create(client, patient(identifier="D-1"))["id"]
+    assert client.delete("/fhir/Patient?identifier=urn:test:mrn|D-1").status_code == 204
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 410
+    assert client.delete("/fhir/Patient?identifier=urn:test:mrn|D-1").status_code == 204
+    create(client, patient(identifier="D-2"))
+    create(client, patient(identifier="D-2"))
+    assert client.delete("/fhir/Patient?identifier=urn:test:mrn|D-2").status_code == 412
+    assert client.delete("/fhir/Patient?bogus=1").status_code == 400

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from vitasync_fhir.db import SessionDep
-from vitasync_fhir.fhir import bundles, capability, history, outcomes
+from vitasync_fhir.fhir import bundles, capability, history, outcomes, paths  # noqa: F401 - registers fhirtype
 from vitasync_fhir.fhir.responses import fhir_response, require_json_body
 from vitasync_fhir.fhir.service import Resources, Saved, check_type, parse_json
 from vitasync_fhir.fhir.store import Version
@@ -94,14 +94,14 @@ async def system_history(request: Request, session: SessionDep) -> Response:
     return fhir_response(request, await history.page(request, session))
 
 
-@router.get("/{resource_type}/_history", name="history-type")
+@router.get("/{resource_type:fhirtype}/_history", name="history-type")
 async def type_history(resource_type: str, request: Request, session: SessionDep) -> Response:
     """All changes of one resource type, newest first."""
     check_type(resource_type)
     return fhir_response(request, await history.page(request, session, resource_type=resource_type))
 
 
-@router.get("/{resource_type}/{resource_id}/_history", name="history-instance")
+@router.get("/{resource_type:fhirtype}/{resource_id}/_history", name="history-instance")
 async def instance_history(
     resource_type: str, resource_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -113,7 +113,7 @@ async def instance_history(
     )
 
 
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}", name="vread")
+@router.get("/{resource_type:fhirtype}/{resource_id}/_history/{version_id}", name="vread")
 async def vread(
     resource_type: str, resource_id: str, version_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -122,7 +122,7 @@ async def vread(
     return _read_answer(request, version)
 
 
-@router.get("/{resource_type}/{resource_id}", name="read")
+@router.get("/{resource_type:fhirtype}/{resource_id}", name="read")
 async def read(
     resource_type: str, resource_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -131,7 +131,7 @@ async def read(
     return _read_answer(request, version)
 
 
-@router.post("/{resource_type}", name="create")
+@router.post("/{resource_type:fhirtype}", name="create")
 async def create(resource_type: str, request: Request, session: SessionDep) -> Response:
     """Create a resource; `If-None-Exist` makes it conditional."""
     check_type(resource_type)
@@ -142,7 +142,7 @@ async def create(resource_type: str, request: Request, session: SessionDep) -> R
     return written(request, saved)
 
 
-@router.put("/{resource_type}/{resource_id}", name="update")
+@router.put("/{resource_type:fhirtype}/{resource_id}", name="update")
 async def update(
     resource_type: str, resource_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -155,7 +155,7 @@ async def update(
     return written(request, saved)
 
 
-@router.put("/{resource_type}", name="update-conditional")
+@router.put("/{resource_type:fhirtype}", name="update-conditional")
 async def conditional_update(resource_type: str, request: Request, session: SessionDep) -> Response:
     """Update the one resource that matches the search in the query string."""
     check_type(resource_type)
@@ -167,7 +167,7 @@ async def conditional_update(resource_type: str, request: Request, session: Sess
     return written(request, saved)
 
 
-@router.patch("/{resource_type}/{resource_id}", name="patch")
+@router.patch("/{resource_type:fhirtype}/{resource_id}", name="patch")
 async def patch(
     resource_type: str, resource_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -180,7 +180,7 @@ async def patch(
     return written(request, saved)
 
 
-@router.delete("/{resource_type}/{resource_id}", name="delete")
+@router.delete("/{resource_type:fhirtype}/{resource_id}", name="delete")
 async def delete(
     resource_type: str, resource_id: str, request: Request, session: SessionDep
 ) -> Response:
@@ -191,7 +191,7 @@ async def delete(
     return _deleted(request, version)
 
 
-@router.delete("/{resource_type}", name="delete-conditional")
+@router.delete("/{resource_type:fhirtype}", name="delete-conditional")
 async def conditional_delete(resource_type: str, request: Request, session: SessionDep) -> Response:
     """Delete the one resource that matches the search in the query string."""
     version = await Resources(session).conditional_delete(resource_type, _condition(request))

@@ -137,6 +137,7 @@ class Store:
         await write_indexes(
             self.session,
             [(w.version.resource_type, w.version.id, w.resource) for w in writes],
+            created={(w.version.resource_type, w.version.id) for w in fresh},
         )
 
     async def _insert_fresh(self, writes: Sequence[Write]) -> None:

@@ -1,0 +1,725 @@
+"""All search SQL: criteria into WHERE clauses over the index tables, sorting, keyset pages,
+counts and the selection of included resources.
+
+Every selection of resources, whether the matches, a chain's targets, a reverse chain's sources or
+included resources, is built by `scope()`, so the `restrict` hook reaches all of them. `restrict`
+is a callable `(resources alias, resource types) -> WHERE clause or None`; the access layer uses it
+to keep callers inside what they may read.
+
+Query shapes, chosen so that PostgreSQL and SQLite both drive them from an index:
+- a criterion is `r.id IN (SELECT resource_id FROM search_x WHERE resource_type = :t AND param = :p
+  AND <value>)`, a semi-join on `(resource_type, param, value...)`; `:not` and `:missing=true` are
+  `NOT EXISTS` on `(resource_type, resource_id, param)`;
+- pages are keyset pages: `WHERE (sort keys, id) > (the last row's)`, never OFFSET;
+- `_lastUpdated` and `_id` sort on the `resources` columns and their index; other parameters sort
+  on the smallest (ascending) or largest (descending) indexed value, resources without one last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import FromClause
+
+from vitasync_fhir.fhir.models import resource_types
+from vitasync_fhir.fhir.search import dates, registry
+from vitasync_fhir.fhir.search.params import (
+    ANY_SYSTEM,
+    CompositeValue,
+    Criterion,
+    DateValue,
+    Include,
+    NumberValue,
+    OfTypeValue,
+    QuantityValue,
+    ReferenceValue,
+    SortKey,
+    StringValue,
+    TokenValue,
+)
+from vitasync_fhir.fhir.search.tables import (
+    INDEX_TABLES,
+    TEXT_LENGTH,
+    resource_compartments,
+    search_reference,
+    search_token,
+)
+from vitasync_fhir.fhir.search.values import normalize
+from vitasync_fhir.fhir.tables import resources
+
+Restrict = Callable[[FromClause, tuple[str, ...]], ColumnElement[bool] | None]
+Types = tuple[str, ...]
+_CHUNK = 500
+_INCLUDE_ROUNDS = 5
+
+
+# -- the one place that selects resources ----------------------------------------------------------
+
+
+def _all_types(types: Types) -> bool:
+    return len(types) >= len(resource_types())
+
+
+def scope(
+    types: Types, *, restrict: Restrict | None
+) -> tuple[FromClause, list[ColumnElement[bool]]]:
+    """A fresh alias of `resources` and the clauses every selection of it must carry."""
+    r = resources.alias()
+    clauses: list[ColumnElement[bool]] = [r.c.deleted == false()]
+    if len(types) == 1:
+        clauses.insert(0, r.c.resource_type == types[0])
+    elif not _all_types(types):
+        clauses.insert(0, r.c.resource_type.in_(types))
+    if restrict is not None:
+        extra = restrict(r, types)
+        if extra is not None:
+            clauses.append(extra)
+    return r, clauses
+
+
+def _member(
+    r: FromClause, types: Types, table: FromClause, param: str, where: ColumnElement[bool]
+) -> ColumnElement[bool]:
+    """`r` has an index row of `param` satisfying `where` (a semi-join driven by the index)."""
+    if len(types) == 1:
+        rows = select(table.c.resource_id).where(
+            table.c.resource_type == types[0], table.c.param == param, where
+        )
+        return r.c.id.in_(rows)
+    rows = select(table.c.resource_type, table.c.resource_id).where(table.c.param == param, where)
+    if not _all_types(types):
+        rows = rows.where(table.c.resource_type.in_(types))
+    return tuple_(r.c.resource_type, r.c.id).in_(rows)
+
+
+def _lacks(
+    r: FromClause, table: FromClause, param: str, where: ColumnElement[bool]
+) -> ColumnElement[bool]:
+    """`r` has no index row of `param` satisfying `where`."""
+    return ~exists().where(
+        table.c.resource_type == r.c.resource_type,
+        table.c.resource_id == r.c.id,
+        table.c.param == param,
+        where,
+    )
+
+
+# -- criteria -------------------------------------------------------------------------------------
+
+
+def criterion_clause(
+    c: Criterion, r: FromClause, types: Types, *, restrict: Restrict | None
+) -> ColumnElement[bool]:
+    code = c.param.code
+    if code == "_id":
+        if c.missing is not None:
+            return false() if c.missing else true()
+        return r.c.id.in_([v.code for v in c.values])
+    if code == "_lastUpdated":
+        if c.missing is not None:
+            return false() if c.missing else true()
+        return or_(*[_instant_clause(v, r.c.last_updated) for v in c.values])
+    if c.has is not None:
+        return _has_clause(c, r, types, restrict)
+    if c.chain:
+        return _chain_clause(c, r, types, restrict)
+    table, param = _index_of(c)
+    t = table.alias()
+    if c.missing is not None:
+        return _lacks(r, t, param, true()) if c.missing else _member(r, types, t, param, true())
+    where = or_(*[value_clause(c, v, t) for v in c.values])
+    if c.modifier == "not":
+        return _lacks(r, t, param, where)
+    return _member(r, types, t, param, where)
+
+
+def _index_of(c: Criterion) -> tuple[Any, str]:
+    if c.modifier == "identifier":
+        return search_token, c.param.code + ":identifier"
+    if c.modifier == "of-type":
+        return search_token, c.param.code + ":of-type"
+    return INDEX_TABLES[c.param.type], c.param.code
+
+
+def _chain_clause(
+    c: Criterion, r: FromClause, types: Types, restrict: Restrict | None
+) -> ColumnElement[bool]:
+    ref = search_reference.alias()
+    alternatives = []
+    for target_type, inner in c.chain:
+        target, clauses = scope((target_type,), restrict=restrict)
+        matched = select(target.c.id).where(
+            *clauses, criterion_clause(inner, target, (target_type,), restrict=restrict)
+        )
+        alternatives.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(matched)))
+    return _member(r, types, ref, c.param.code, or_(*alternatives))
+
+
+def _has_clause(
+    c: Criterion, r: FromClause, types: Types, restrict: Restrict | None
+) -> ColumnElement[bool]:
+    assert c.has is not None
+    source_type, reference = c.has
+    ((_, inner),) = c.chain
+    source, clauses = scope((source_type,), restrict=restrict)
+    sources = select(source.c.id).where(
+        *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
+    )
+    ref = search_reference.alias()
+    targets = select(ref.c.target_id).where(
+        ref.c.resource_type == source_type,
+        ref.c.param == reference,
+        ref.c.target_type == types[0],
+        ref.c.resource_id.in_(sources),
+    )
+    return r.c.id.in_(targets)
+
+
+def compartment_clause(r: FromClause, types: Types, patient_id: str) -> ColumnElement[bool]:
+    """`r` is in the compartment of Patient `patient_id`."""
+    rc = resource_compartments.alias()
+    where = and_(rc.c.compartment_type == "Patient", rc.c.compartment_id == patient_id)
+    if len(types) == 1:
+        return r.c.id.in_(select(rc.c.resource_id).where(where, rc.c.resource_type == types[0]))
+    rows = select(rc.c.resource_type, rc.c.resource_id).where(where)
+    return tuple_(r.c.resource_type, r.c.id).in_(rows)
+
+
+# -- values ---------------------------------------------------------------------------------------
+
+
+def value_clause(c: Criterion, v: Any, t: FromClause) -> ColumnElement[bool]:
+    kind = c.param.type
+    if c.modifier in ("identifier", "of-type"):
+        if isinstance(v, OfTypeValue):
+            return and_(t.c.system == v.system, t.c.code == f"{v.code}|{v.value}")
+        return token_clause(v, t.c.system, t.c.code)
+    if kind == "string":
+        return string_clause(v, c.modifier, t.c.value, t.c.raw)
+    if kind == "token":
+        if c.modifier == "text":
+            return prefix_clause(t.c.text, normalize(v.text))
+        return token_clause(v, t.c.system, t.c.code)
+    if kind == "date":
+        return date_clause(v, t.c.low, t.c.high)
+    if kind == "number":
+        return number_clause(v, t.c.value)
+    if kind == "quantity":
+        return quantity_clause(v, t.c.value, t.c.system, t.c.code, t.c.unit)
+    if kind == "reference":
+        return reference_clause(v, c, t.c.target_type, t.c.target_id, t.c.url)
+    if kind == "uri":
+        return uri_clause(v, c.modifier, t.c.value)
+    if kind == "composite":
+        return composite_clause(v, c, t)
+    raise ValueError(kind)
+
+
+def _next_string(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def prefix_clause(column: Any, prefix: str) -> ColumnElement[bool]:
+    """Starts-with as an index range (the columns compare byte by byte)."""
+    prefix = prefix[:TEXT_LENGTH]
+    if not prefix:
+        return column.is_not(None)
+    return and_(column >= prefix, column < _next_string(prefix))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def string_clause(
+    v: StringValue, modifier: str | None, value: Any, raw: Any
+) -> ColumnElement[bool]:
+    norm = normalize(v.text)
+    if modifier == "exact":
+        clause = value == norm
+        return and_(clause, raw == v.text) if raw is not None else clause
+    if modifier == "contains":
+        return value.like(f"%{_like_escape(norm)}%", escape="\\")
+    return prefix_clause(value, norm)
+
+
+def token_clause(v: TokenValue, system: Any, code: Any) -> ColumnElement[bool]:
+    if v.code is None:
+        return system == v.system
+    if v.system is ANY_SYSTEM:
+        return code == v.code
+    if v.system is None:
+        return and_(code == v.code, system.is_(None))
+    return and_(code == v.code, system == v.system)
+
+
+def _approximate(low: int, high: int) -> tuple[int, int]:
+    now = dates.micros(datetime.now(dates.UTC))
+    gap = max(abs(now - low), abs(now - high)) // 10
+    return low - gap, high + gap
+
+
+def date_clause(v: DateValue, low: Any, high: Any) -> ColumnElement[bool]:
+    """The prefixes of the specification as comparisons of ranges: the target's [low, high)
+    against the value's [v.low, v.high)."""
+    a, b = v.low, v.high
+    p = v.prefix
+    if p == "eq":
+        return and_(low >= a, high <= b)
+    if p == "ne":
+        return or_(low < a, high > b)
+    if p == "gt":
+        return high > b
+    if p == "lt":
+        return low < a
+    if p == "ge":
+        return or_(high > b, low >= a)
+    if p == "le":
+        return or_(low < a, high <= b)
+    if p == "sa":
+        return low >= b
+    if p == "eb":
+        return high <= a
+    wide_low, wide_high = _approximate(a, b)
+    return and_(low < wide_high, high > wide_low)
+
+
+def _instant_clause(v: DateValue, column: Any) -> ColumnElement[bool]:
+    """The same prefixes against a point in time (resources.last_updated)."""
+    a, b = dates.from_micros(v.low), dates.from_micros(v.high)
+    p = v.prefix
+    if p == "eq":
+        return and_(column >= a, column < b)
+    if p == "ne":
+        return or_(column < a, column >= b)
+    if p in ("gt", "sa"):
+        return column >= b
+    if p in ("lt", "eb"):
+        return column < a
+    if p == "ge":
+        return column >= a
+    if p == "le":
+        return column < b
+    wide_low, wide_high = _approximate(v.low, v.high)
+    return and_(column >= dates.from_micros(wide_low), column < dates.from_micros(wide_high))
+
+
+def number_clause(v: NumberValue, column: Any) -> ColumnElement[bool]:
+    """eq and ne use the precision of the value as written (100 is [99.5, 100.5)); the other
+    prefixes compare with the value itself; ap is within 10%."""
+    p = v.prefix
+    if p == "eq":
+        return and_(column >= v.low, column < v.high)
+    if p == "ne":
+        return or_(column < v.low, column >= v.high)
+    if p in ("gt", "sa"):
+        return column > v.value
+    if p in ("lt", "eb"):
+        return column < v.value
+    if p == "ge":
+        return column >= v.value
+    if p == "le":
+        return column <= v.value
+    spread = abs(v.value) / 10
+    return and_(column >= v.value - spread, column <= v.value + spread)
+
+
+def quantity_clause(
+    v: QuantityValue, value: Any, system: Any, code: Any, unit: Any
+) -> ColumnElement[bool]:
+    clause = number_clause(v.number, value)
+    if v.code is None and v.system is None:
+        return clause
+    if v.system is not None:
+        clause = and_(clause, system == v.system)
+    if v.code is not None:
+        units = (
+            code == v.code
+            if v.system is not None or unit is None
+            else or_(code == v.code, unit == v.code)
+        )
+        clause = and_(clause, units)
+    return clause
+
+
+def reference_clause(
+    v: ReferenceValue, c: Criterion, target_type: Any, target_id: Any, url: Any
+) -> ColumnElement[bool]:
+    if v.url is not None:
+        return url == v.url if url is not None else false()
+    clause = target_id == v.id
+    if v.type is not None:
+        return and_(clause, target_type == v.type)
+    allowed = c.target_types or c.param.targets
+    if allowed and len(allowed) < len(resource_types()):
+        return and_(clause, target_type.in_(allowed))
+    return clause
+
+
+def uri_clause(v: StringValue, modifier: str | None, column: Any) -> ColumnElement[bool]:
+    if modifier == "below":
+        return or_(column == v.text, prefix_clause(column, v.text.rstrip("/") + "/"))
+    if modifier == "above":
+        text = v.text
+        candidates = {text}
+        while "/" in text.rstrip("/"):
+            text = text.rstrip("/").rsplit("/", 1)[0]
+            if text.endswith(":/") or text.endswith(":"):
+                break
+            candidates.add(text)
+        return column.in_(sorted(candidates))
+    return column == v.text
+
+
+def composite_clause(v: CompositeValue, c: Criterion, t: FromClause) -> ColumnElement[bool]:
+    clauses = []
+    for n, ((url, _), part) in enumerate(zip(c.param.components, v.parts, strict=True), start=1):
+        component = registry.by_url()[url]
+        cols = {name: t.c[f"c{n}_{name}"] for name in ("system", "code", "value", "low", "high")}
+        kind = component.type
+        if kind == "token":
+            clauses.append(token_clause(part, cols["system"], cols["code"]))
+        elif kind == "quantity":
+            clauses.append(quantity_clause(part, cols["value"], cols["system"], cols["code"], None))
+        elif kind == "date":
+            clauses.append(date_clause(part, cols["low"], cols["high"]))
+        elif kind == "number":
+            clauses.append(number_clause(part, cols["value"]))
+        elif kind == "string":
+            clauses.append(prefix_clause(cols["code"], normalize(part.text)))
+        elif kind == "reference":
+            probe = Criterion(name=c.name, param=component)
+            clauses.append(reference_clause(part, probe, cols["system"], cols["code"], None))
+        else:
+            clauses.append(cols["code"] == part.text)
+    return and_(*clauses)
+
+
+# -- sorting and pages ----------------------------------------------------------------------------
+
+_SORT_COLUMN = {
+    "string": ("value", "value"),
+    "token": ("code", "code"),
+    "date": ("low", "high"),
+    "number": ("value", "value"),
+    "quantity": ("value", "value"),
+    "uri": ("value", "value"),
+    "reference": ("target_id", "target_id"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SortColumn:
+    expression: Any
+    descending: bool
+    nullable: bool
+    kind: str  # "text", "int", "float" or "instant": how cursor values are read back
+
+
+def sort_columns(keys: Sequence[SortKey], r: FromClause, types: Types) -> list[SortColumn]:
+    """The ORDER BY of a search: its _sort keys, then the id (and type) as the tie-break."""
+    out = []
+    for key in keys:
+        code = key.param.code
+        if code == "_id":
+            out.append(SortColumn(r.c.id, key.descending, False, "text"))
+        elif code == "_lastUpdated":
+            out.append(SortColumn(r.c.last_updated, key.descending, False, "instant"))
+        else:
+            out.append(_param_sort(key, r))
+    descending = out[-1].descending if out else False
+    if len(types) > 1:
+        out.append(SortColumn(r.c.resource_type, descending, False, "text"))
+    out.append(SortColumn(r.c.id, descending, False, "text"))
+    return out
+
+
+def _param_sort(key: SortKey, r: FromClause) -> SortColumn:
+    kind = key.param.type
+    table = INDEX_TABLES[kind].alias()
+    ascending_column, descending_column = _SORT_COLUMN[kind]
+    column = table.c[descending_column if key.descending else ascending_column]
+    pick = func.max(column) if key.descending else func.min(column)
+    expression = (
+        select(pick)
+        .where(
+            table.c.resource_type == r.c.resource_type,
+            table.c.resource_id == r.c.id,
+            table.c.param == key.param.code,
+        )
+        .scalar_subquery()
+    )
+    value_kind = "int" if kind == "date" else "float" if kind in ("number", "quantity") else "text"
+    return SortColumn(expression, key.descending, True, value_kind)
+
+
+def order_by(columns: Sequence[SortColumn], *, reverse: bool) -> list[Any]:
+    out = []
+    for col in columns:
+        descending = col.descending != reverse
+        term = col.expression.desc() if descending else col.expression.asc()
+        if col.nullable:
+            term = term.nulls_first() if reverse else term.nulls_last()
+        out.append(term)
+    return out
+
+
+def after(
+    columns: Sequence[SortColumn], values: Sequence[Any], *, reverse: bool
+) -> ColumnElement[bool]:
+    """Rows strictly after `values` in the order (before them when `reverse`), nulls last."""
+    if all(not c.nullable for c in columns) and len({c.descending for c in columns}) == 1:
+        left = tuple_(*[c.expression for c in columns])
+        right = tuple_(
+            *[literal(v, type_=c.expression.type) for c, v in zip(columns, values, strict=True)]
+        )
+        forward = columns[0].descending == reverse
+        return left > right if forward else left < right
+    alternatives = []
+    equal: list[ColumnElement[bool]] = []
+    for col, value in zip(columns, values, strict=True):
+        alternatives.append(and_(*equal, _beyond(col, value, reverse)))
+        equal.append(col.expression.is_(None) if value is None else col.expression == value)
+    return or_(*alternatives)
+
+
+def _beyond(col: SortColumn, value: Any, reverse: bool) -> ColumnElement[bool]:
+    forward = col.descending == reverse  # ascending in the direction of travel
+    if value is None:
+        # Nulls come last going forward: nothing is beyond a null, every value is before it.
+        return col.expression.is_not(None) if reverse else false()
+    step = col.expression > value if forward else col.expression < value
+    if col.nullable and not reverse:
+        return or_(step, col.expression.is_(None))
+    return step
+
+
+@dataclass
+class Page:
+    rows: list[Any]  # (resource_type, id, content, *sort values)
+    more: bool  # another row lies beyond the page in the direction of travel
+
+
+def where_clauses(
+    criteria: Iterable[Criterion], r: FromClause, types: Types, *, restrict: Restrict | None
+) -> list[ColumnElement[bool]]:
+    return [criterion_clause(c, r, types, restrict=restrict) for c in criteria]
+
+
+def matches(
+    types: Types,
+    criteria: Sequence[Criterion],
+    *,
+    restrict: Restrict | None,
+    compartment: str | None = None,
+) -> tuple[FromClause, list[ColumnElement[bool]]]:
+    """The resources of a search: the alias and its complete WHERE."""
+    r, clauses = scope(types, restrict=restrict)
+    clauses.extend(where_clauses(criteria, r, types, restrict=restrict))
+    if compartment is not None:
+        clauses.append(compartment_clause(r, types, compartment))
+    return r, clauses
+
+
+async def fetch_page(
+    session: AsyncSession,
+    types: Types,
+    criteria: Sequence[Criterion],
+    sort: Sequence[SortKey],
+    *,
+    count: int,
+    position: Sequence[Any] | None,
+    reverse: bool,
+    restrict: Restrict | None,
+    compartment: str | None = None,
+) -> Page:
+    """One page of matches after `position` (the sort values of the row before it), or before
+    it when `reverse` (a previous page), in page order."""
+    r, clauses = matches(types, criteria, restrict=restrict, compartment=compartment)
+    columns = sort_columns(sort, r, types)
+    if position is not None:
+        clauses.append(after(columns, position, reverse=reverse))
+    statement = (
+        select(r.c.resource_type, r.c.id, r.c.content, *[c.expression for c in columns])
+        .where(*clauses)
+        .order_by(*order_by(columns, reverse=reverse))
+        .limit(count + 1)
+    )
+    rows = list((await session.execute(statement)).all())
+    more = len(rows) > count
+    rows = rows[:count]
+    if reverse:
+        rows.reverse()
+    return Page(rows=rows, more=more)
+
+
+def sort_kinds(sort: Sequence[SortKey], types: Types) -> list[str]:
+    r = resources.alias()
+    return [c.kind for c in sort_columns(sort, r, types)]
+
+
+async def count_matches(
+    session: AsyncSession,
+    types: Types,
+    criteria: Sequence[Criterion],
+    *,
+    restrict: Restrict | None,
+    compartment: str | None = None,
+    estimate: bool = False,
+) -> int:
+    r, clauses = matches(types, criteria, restrict=restrict, compartment=compartment)
+    if estimate and (await session.connection()).dialect.name == "postgresql":
+        return await _estimate(session, select(r.c.id).where(*clauses))
+    statement = select(func.count()).select_from(r).where(*clauses)
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def _estimate(session: AsyncSession, statement: Select) -> int:
+    connection = await session.connection()
+    compiled = statement.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    result = await connection.exec_driver_sql(
+        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
+    )
+    plan = result.scalar_one()
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+async def match_ids(
+    session: AsyncSession,
+    resource_type: str,
+    criteria: Sequence[Criterion],
+    *,
+    limit: int,
+    restrict: Restrict | None,
+) -> list[str]:
+    r, clauses = matches((resource_type,), criteria, restrict=restrict)
+    statement = select(r.c.id).where(*clauses).order_by(r.c.id).limit(limit)
+    return list((await session.execute(statement)).scalars())
+
+
+# -- included resources ---------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _by_type(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        grouped.setdefault(resource_type, []).append(resource_id)
+    return grouped
+
+
+async def fetch_resources(
+    session: AsyncSession, keys: Iterable[tuple[str, str]], *, restrict: Restrict | None
+) -> list[Any]:
+    """(resource_type, id, content) of current resources, in the order of `keys`."""
+    wanted = list(keys)
+    found: dict[tuple[str, str], Any] = {}
+    for resource_type, ids in _by_type(wanted).items():
+        for chunk in _chunks(ids):
+            r, clauses = scope((resource_type,), restrict=restrict)
+            statement = select(r.c.resource_type, r.c.id, r.c.content).where(
+                *clauses, r.c.id.in_(chunk)
+            )
+            for row in (await session.execute(statement)).all():
+                found[(row.resource_type, row.id)] = row
+    return [found[k] for k in wanted if k in found]
+
+
+async def _referenced(
+    session: AsyncSession, include: Include, frontier: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """What the `frontier` resources refer to through `include` (an _include)."""
+    ref = search_reference
+    out: list[tuple[str, str]] = []
+    for resource_type, ids in _by_type(frontier).items():
+        if include.source is not None and include.source != resource_type:
+            continue
+        for chunk in _chunks(ids):
+            statement = select(ref.c.target_type, ref.c.target_id).where(
+                ref.c.resource_type == resource_type,
+                ref.c.resource_id.in_(chunk),
+                ref.c.target_id.is_not(None),
+            )
+            if include.param is not None:
+                statement = statement.where(ref.c.param == include.param)
+            if include.target is not None:
+                statement = statement.where(ref.c.target_type == include.target)
+            out.extend((row[0], row[1]) for row in (await session.execute(statement)).all())
+    return out
+
+
+async def _referring(
+    session: AsyncSession, include: Include, frontier: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """What refers to the `frontier` resources through `include` (a _revinclude)."""
+    ref = search_reference
+    out: list[tuple[str, str]] = []
+    for target_type, ids in _by_type(frontier).items():
+        if include.target is not None and include.target != target_type:
+            continue
+        for chunk in _chunks(ids):
+            statement = select(ref.c.resource_type, ref.c.resource_id).where(
+                ref.c.target_type == target_type, ref.c.target_id.in_(chunk)
+            )
+            if include.source is not None:
+                statement = statement.where(ref.c.resource_type == include.source)
+            if include.param is not None:
+                statement = statement.where(ref.c.param == include.param)
+            out.extend((row[0], row[1]) for row in (await session.execute(statement)).all())
+    return out
+
+
+async def included(
+    session: AsyncSession,
+    found: Sequence[tuple[str, str]],
+    includes: Sequence[Include],
+    *,
+    restrict: Restrict | None,
+    limit: int,
+) -> list[Any]:
+    """Resources that `_include` / `_revinclude` add to the matches `found`: every include on the
+    matches, then the `:iterate` ones on what was added, until nothing new comes (or `limit`)."""
+    seen = set(found)
+    out: list[Any] = []
+    frontier = list(found)
+    active = list(includes)
+    for _round in range(_INCLUDE_ROUNDS):
+        fresh: list[tuple[str, str]] = []
+        for include in active:
+            step = _referring if include.reverse else _referenced
+            for key in await step(session, include, frontier):
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(key)
+        if not fresh:
+            break
+        rows = await fetch_resources(session, fresh[: max(limit - len(out), 0)], restrict=restrict)
+        out.extend(rows)
+        frontier = [(row.resource_type, row.id) for row in rows]
+        active = [i for i in includes if i.iterate]
+        if not active or len(out) >= limit:
+            break
+    return out
