@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from support import BASE_URL, PG_SERVER, SYNTHEA, empty_postgres, pg_dsn, unavailable
+from support import (
+    BASE_URL,
+    PG_SERVER,
+    SYNTHEA,
+    auth_headers,
+    empty_postgres,
+    pg_dsn,
+    service_headers,
+    unavailable,
+)
 
 from vitasync_fhir import migrations
 from vitasync_fhir.app import create_app
@@ -61,14 +71,45 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, base_url=BASE_URL, data_dir=tmp_path / "var")
+@pytest.fixture(scope="session")
+def shared_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One signing key for the session: a new RSA key per test would cost more than the test."""
+    return tmp_path_factory.mktemp("keys") / "signing.pem"
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), base_url=BASE_URL) as test_client:
+def settings(database_url: str, tmp_path: Path, shared_key_file: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        base_url=BASE_URL,
+        data_dir=tmp_path / "var",
+        signing_key_file=shared_key_file,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def signed_in(settings: Settings) -> Callable[..., dict[str, str]]:
+    """Authorization headers of a new user with `role` (a real account, a real signed token)."""
+    return lambda **options: auth_headers(settings, **options)
+
+
+@pytest.fixture
+def client(app: FastAPI, settings: Settings) -> Iterator[TestClient]:
+    """A backend service with the admin role: it sees everything and adds no Practitioner of its
+    own to the data. The policy itself is tested in tests/auth."""
+    with TestClient(app, base_url=BASE_URL) as test_client:
+        test_client.headers.update(service_headers(settings))
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url=BASE_URL) as test_client:
         yield test_client
 
 

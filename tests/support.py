@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc.jwk import ECKey
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from vitasync_fhir.auth import accounts, oauth, tokens
+from vitasync_fhir.config import Settings
+from vitasync_fhir.db import Database
 from vitasync_fhir.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +49,67 @@ def empty_postgres(url: str) -> None:
     with engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(text(f'DELETE FROM "{table.name}"'))
+
+
+def auth_headers(
+    settings: Settings, *, role: str, scope: str | None = None, patient_id: str | None = None
+) -> dict[str, str]:
+    """Create an account with `role` in the settings' database and sign a token for it."""
+
+    async def create(session):  # type: ignore[no-untyped-def]
+        return await accounts.create_user(
+            session,
+            email=f"{role}-{uuid.uuid4().hex[:10]}@example.org",
+            password="pw-" + uuid.uuid4().hex,
+            role=role,
+            verified=True,
+            given="Test",
+            family=role.capitalize(),
+            fhir_id=patient_id,
+        )
+
+    async def main():  # type: ignore[no-untyped-def]
+        database = Database(settings)
+        try:
+            return await database.run(create)
+        finally:
+            await database.dispose()
+
+    user = asyncio.run(main())
+    issued = tokens.issue_access_token(
+        settings,
+        subject=user.id,
+        scope=scope or accounts.login_scope(user),
+        fhir_user=user.fhir_user,
+        patient=user.patient_id,
+    )
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+def service_headers(settings: Settings, *, role: str = "admin") -> dict[str, str]:
+    """A backend-service client with `role` (no FHIR resource of its own) and a system/ token."""
+    public = ECKey.import_key(ec.generate_private_key(ec.SECP256R1()).public_key()).as_dict()
+    client_id = f"test-service-{uuid.uuid4().hex[:10]}"
+
+    async def register(session):  # type: ignore[no-untyped-def]
+        await oauth.register_client(
+            session,
+            name=client_id,
+            scope="system/*.cruds",
+            jwks={"keys": [public]},
+            role=role,
+            client_id=client_id,
+        )
+
+    async def main() -> None:
+        database = Database(settings)
+        try:
+            await database.run(register)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+    issued = tokens.issue_access_token(
+        settings, subject=client_id, client_id=client_id, scope="system/*.cruds"
+    )
+    return {"Authorization": f"Bearer {issued.token}"}

@@ -7,24 +7,30 @@ import subprocess
 import sys
 
 import httpx
-from factories import patient
+from factories import FHIR_JSON, patient
 from live import served
+from support import service_headers
+
+from vitasync_fhir.config import Settings
 
 
 def test_serve_migrates_the_embedded_database_on_first_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITASYNC_")}
     env["VITASYNC_DATA_DIR"] = str(tmp_path / "var")
-    os.environ.pop("VITASYNC_DATABASE_URL", None)
     with served(cwd=tmp_path, env=env) as base:
-        assert (tmp_path / "vitasync.sqlite3").exists()
+        database = tmp_path / "vitasync.sqlite3"
+        assert database.exists()
+        assert httpx.get(f"{base}/fhir/Patient").status_code == 401
+        settings = Settings(
+            database_url=f"sqlite:///{database}", base_url=base, data_dir=tmp_path / "var"
+        )
+        headers = service_headers(settings)
         created = httpx.post(
-            f"{base}/fhir/Patient",
-            json=patient(),
-            headers={"Content-Type": "application/fhir+json"},
+            f"{base}/fhir/Patient", json=patient(), headers={**FHIR_JSON, **headers}
         )
         assert created.status_code == 201
         assert created.headers["location"].startswith(f"{base}/fhir/Patient/")
-        read = httpx.get(created.headers["location"])
+        read = httpx.get(created.headers["location"], headers=headers)
         assert read.json()["id"] == created.json()["id"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from vitasync_fhir.app import create_app
+from vitasync_fhir.auth import tokens
 from vitasync_fhir.config import Settings
 
 
@@ -12,10 +13,12 @@ def test_database_down_is_503_with_an_outcome(tmp_path):
     settings = Settings(
         database_url="postgresql+psycopg://postgres@127.0.0.1:9/nowhere",
         base_url="http://testserver",
+        data_dir=tmp_path,
     )
+    token = tokens.issue_access_token(settings, subject="svc", client_id="svc", scope="system/*.rs")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        answer = client.get("/fhir/Patient/any")
-    assert answer.status_code == 503
+        answer = client.get("/fhir/Patient/any", headers={"Authorization": f"Bearer {token.token}"})
+    assert answer.status_code == 503, answer.text
     body = answer.json()
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["code"] == "transient"

@@ -8,6 +8,9 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from vitasync_fhir import __version__, errors
+from vitasync_fhir.auth.oauth_routes import router as oauth_router
+from vitasync_fhir.auth.oauth_routes import well_known
+from vitasync_fhir.auth.routes import router as auth_router
 from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
@@ -35,6 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings)
     errors.install(app)
+    app.include_router(well_known, tags=["SMART"])
+    app.include_router(oauth_router, tags=["OAuth2"])
+    app.include_router(auth_router, tags=["Accounts"])
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -8,6 +8,7 @@ import typer
 import uvicorn
 
 from vitasync_fhir import migrations
+from vitasync_fhir.auth.commands import create_client, create_user
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import is_sqlite
 from vitasync_fhir.notify import commands as notify_commands
@@ -65,6 +66,8 @@ def reindex() -> None:
     typer.echo(f"reindexed {count} resources")
 
 
+cli.command("create-user")(create_user)
+cli.command("create-client")(create_client)
 cli.command("worker")(notify_commands.worker)
 cli.command("outbox-list")(notify_commands.outbox_list)
 cli.command("outbox-retry")(notify_commands.outbox_retry)

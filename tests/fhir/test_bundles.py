@@ -44,7 +44,11 @@ def references(node) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def stored_count(client) -> int:  # type: ignore[no-untyped-def]
-    return client.get("/fhir/_history?_total=accurate&_count=1").json()["total"]
+    """Versions of the clinical types these tests write (reads add AuditEvents, not these)."""
+    return sum(
+        client.get(f"/fhir/{t}/_history?_total=accurate&_count=1").json()["total"]
+        for t in ("Patient", "Observation")
+    )
 
 
 def row_counts(database_url: str) -> dict[str, int]:
@@ -101,7 +105,6 @@ def test_urn_uuid_references_are_rewritten_in_order(client):
 def test_transaction_is_all_or_nothing(client, database_url):
     existing = create(client, patient(family="Existing", identifier="MRN-1"))["id"]
     before = row_counts(database_url)
-    assert before["resources"] == 1
     bundle = tx(
         {"request": {"method": "DELETE", "url": f"Patient/{existing}"}},
         post(patient(family="Kept", identifier="MRN-2")),

@@ -82,6 +82,9 @@ def test_every_type_can_be_stored(client, resource_type):
     problems = validation.validate(resource)
     assert problems == [], problems
     created = client.post(f"/fhir/{resource_type}", json=resource, headers=FHIR_JSON)
+    if resource_type == "AuditEvent":  # the audit trail is written by the server alone
+        assert created.status_code == 403
+        return
     assert created.status_code == 201, created.text
     read = client.get(f"/fhir/{resource_type}/{created.json()['id']}")
     assert read.status_code == 200

@@ -16,6 +16,7 @@ import jsonpatch
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth.access import SYSTEM, Access
 from vitasync_fhir.db import Database, unit_of_work
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
@@ -157,8 +158,10 @@ def _patch_operations(resource: dict) -> list:
 class Transaction:
     """One transaction Bundle, processed in the request's unit of work."""
 
-    def __init__(self, session: AsyncSession, base: str, entries: list[Entry]) -> None:
-        self.resources = Resources(session)
+    def __init__(
+        self, session: AsyncSession, base: str, entries: list[Entry], access: Access = SYSTEM
+    ) -> None:
+        self.resources = Resources(session, access)
         self.session = session
         self.base = base
         self.entries = entries
@@ -185,7 +188,7 @@ class Transaction:
                 if write is not None:
                     writes.append(write)
         try:
-            await self.resources.store.write(writes)
+            await self.resources.save(writes)
         except VersionConflict as error:
             raise outcomes.conflict(f"{error}; the transaction was not applied") from None
         for entry in ordered:
@@ -205,7 +208,7 @@ class Transaction:
             write = await self._guard(entry, self._plan(entry, currents))
             if write is not None:
                 try:
-                    await self.resources.store.write([write])
+                    await self.resources.save([write])
                 except VersionConflict as error:
                     raise outcomes.conflict(str(error)) from None
         if entry.method in ("GET", "HEAD"):
@@ -291,6 +294,8 @@ class Transaction:
         resource = check_resource(data, entry.resource_type)
         if resource.get("id") != entry.resource_id:
             raise outcomes.bad_request("The resource's id must equal the id in request.url")
+        interaction = {"POST": "create", "PUT": "update", "PATCH": "patch"}[entry.method]
+        await r.permit_write(entry.resource_type, resource, interaction, current)
         if entry.method == "POST":
             write = r.plan_create(entry.resource_type, resource, resource_id=entry.resource_id)
             write = Write(write.version, write.resource, None)
@@ -335,7 +340,11 @@ class Transaction:
             if reference not in self.conditional_refs:
                 resource_type, _, query = reference.partition("?")
                 check_type(resource_type)
-                ids = await match_ids(self.session, resource_type, query, limit=2)
+                access = self.resources.access
+                await access.require(resource_type, "search")
+                ids = await match_ids(
+                    self.session, resource_type, query, limit=2, restrict=access.restriction()
+                )
                 if len(ids) != 1:
                     found = "no resource" if not ids else "more than one resource"
                     raise FhirError(
@@ -372,18 +381,22 @@ class Transaction:
         return bundle(bundle_type="transaction-response", entries=items)
 
 
-async def transaction(session: AsyncSession, base: str, entries: list[Entry]) -> str:
-    return await Transaction(session, base, entries).run()
+async def transaction(
+    session: AsyncSession, base: str, entries: list[Entry], access: Access = SYSTEM
+) -> str:
+    return await Transaction(session, base, entries, access).run()
 
 
-async def batch(database: Database, base: str, entries: list[Entry]) -> str:
+async def batch(
+    database: Database, base: str, entries: list[Entry], access: Access = SYSTEM
+) -> str:
     """Each entry on its own: one failing entry answers its error and the others still apply."""
     items = []
     for entry in entries:
         try:
             async with database.sessions() as session:
                 async with unit_of_work(session):
-                    await Transaction(session, base, [entry]).run_one(entry)
+                    await Transaction(session, base, [entry], access).run_one(entry)
         except FhirError as error:
             entry.response = {
                 "status": str(error.status),

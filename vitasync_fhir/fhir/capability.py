@@ -11,6 +11,7 @@ import re
 from fastapi import FastAPI
 
 from vitasync_fhir import __version__
+from vitasync_fhir.auth import oauth
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import dumps
 
@@ -97,6 +98,7 @@ def statement(app: FastAPI) -> dict:
             {
                 "mode": "server",
                 "resource": resources,
+                "security": oauth.security_component(settings),
                 "interaction": [{"code": code} for code in system_level],
                 **({"operation": operations} if operations else {}),
             }

@@ -9,7 +9,9 @@ from urllib.parse import urlencode
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth.access import Access
 from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
 from vitasync_fhir.fhir.store import Store, Version
 
@@ -61,6 +63,7 @@ def _entry(base: str, version: Version) -> str:
 async def page(
     request: Request,
     session: AsyncSession,
+    access: Access,
     *,
     resource_type: str | None = None,
     resource_id: str | None = None,
@@ -76,6 +79,16 @@ async def page(
     cursor_text = request.query_params.get("_cursor")
     cursor = _int_param(request, "_cursor", 0, maximum=2**62) if cursor_text else None
     since = _since(request)
+    restrict = None
+    if resource_id is None:  # an instance was checked when it was read
+        if resource_type is not None:
+            await access.require(resource_type, "history-type")
+        types = (resource_type,) if resource_type else tuple(sorted(resource_types()))
+        restrict = access.restriction("history-type")
+        restrict = restrict and (lambda table, _r=restrict, _t=types: _r(table, _t))
+        await access.audited(
+            session, "history-type" if resource_type else "history-system", resource_type
+        )
     store = Store(session)
     rows = await store.history(
         resource_type=resource_type,
@@ -83,13 +96,14 @@ async def page(
         since=since,
         before_seq=cursor,
         limit=count + 1,
+        restrict=restrict,
     )
     more = len(rows) > count
     rows = rows[:count]
     total = None
     if request.query_params.get("_total") == "accurate":
         total = await store.history_count(
-            resource_type=resource_type, resource_id=resource_id, since=since
+            resource_type=resource_type, resource_id=resource_id, since=since, restrict=restrict
         )
     base = settings.fhir_base
     path = "/".join(p for p in (resource_type, resource_id) if p)

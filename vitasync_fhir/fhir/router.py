@@ -13,6 +13,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from vitasync_fhir.auth.access import AccessDep
 from vitasync_fhir.db import SessionDep
 from vitasync_fhir.fhir import bundles, capability, history, outcomes, paths  # noqa: F401 - registers fhirtype
 from vitasync_fhir.fhir.responses import fhir_response, require_json_body
@@ -89,54 +90,67 @@ async def metadata(request: Request) -> Response:
 
 
 @router.get("/_history", name="history-system")
-async def system_history(request: Request, session: SessionDep) -> Response:
+async def system_history(request: Request, session: SessionDep, access: AccessDep) -> Response:
     """All changes of the system, newest first."""
-    return fhir_response(request, await history.page(request, session))
+    return fhir_response(request, await history.page(request, session, access))
 
 
 @router.get("/{resource_type:fhirtype}/_history", name="history-type")
-async def type_history(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def type_history(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """All changes of one resource type, newest first."""
     check_type(resource_type)
-    return fhir_response(request, await history.page(request, session, resource_type=resource_type))
+    return fhir_response(
+        request, await history.page(request, session, access, resource_type=resource_type)
+    )
 
 
 @router.get("/{resource_type:fhirtype}/{resource_id}/_history", name="history-instance")
 async def instance_history(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep
+    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """Every version of one resource, newest first."""
-    await Resources(session).read_any(resource_type, resource_id)
+    await Resources(session, access).read_any(resource_type, resource_id)
     return fhir_response(
         request,
-        await history.page(request, session, resource_type=resource_type, resource_id=resource_id),
+        await history.page(
+            request, session, access, resource_type=resource_type, resource_id=resource_id
+        ),
     )
 
 
 @router.get("/{resource_type:fhirtype}/{resource_id}/_history/{version_id}", name="vread")
 async def vread(
-    resource_type: str, resource_id: str, version_id: str, request: Request, session: SessionDep
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    request: Request,
+    session: SessionDep,
+    access: AccessDep,
 ) -> Response:
     """One version of a resource."""
-    version = await Resources(session).vread(resource_type, resource_id, version_id)
+    version = await Resources(session, access).vread(resource_type, resource_id, version_id)
     return _read_answer(request, version)
 
 
 @router.get("/{resource_type:fhirtype}/{resource_id}", name="read")
 async def read(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep
+    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """The current version of a resource."""
-    version = await Resources(session).read(resource_type, resource_id)
+    version = await Resources(session, access).read(resource_type, resource_id)
     return _read_answer(request, version)
 
 
 @router.post("/{resource_type:fhirtype}", name="create")
-async def create(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def create(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Create a resource; `If-None-Exist` makes it conditional."""
     check_type(resource_type)
     data = await _body(request)
-    saved = await Resources(session).create(
+    saved = await Resources(session, access).create(
         resource_type, data, if_none_exist=request.headers.get("if-none-exist")
     )
     return written(request, saved)
@@ -144,24 +158,26 @@ async def create(resource_type: str, request: Request, session: SessionDep) -> R
 
 @router.put("/{resource_type:fhirtype}/{resource_id}", name="update")
 async def update(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep
+    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """Update a resource, or create it with this id."""
     check_type(resource_type)
     data = await _body(request)
-    saved = await Resources(session).update(
+    saved = await Resources(session, access).update(
         resource_type, resource_id, data, if_match=request.headers.get("if-match")
     )
     return written(request, saved)
 
 
 @router.put("/{resource_type:fhirtype}", name="update-conditional")
-async def conditional_update(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def conditional_update(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Update the one resource that matches the search in the query string."""
     check_type(resource_type)
     query = _condition(request)
     data = await _body(request)
-    saved = await Resources(session).conditional_update(
+    saved = await Resources(session, access).conditional_update(
         resource_type, query, data, if_match=request.headers.get("if-match")
     )
     return written(request, saved)
@@ -169,12 +185,12 @@ async def conditional_update(resource_type: str, request: Request, session: Sess
 
 @router.patch("/{resource_type:fhirtype}/{resource_id}", name="patch")
 async def patch(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep
+    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """Apply a JSON Patch to a resource."""
     check_type(resource_type)
     operations = await _body(request, media=(JSON_PATCH,))
-    saved = await Resources(session).patch(
+    saved = await Resources(session, access).patch(
         resource_type, resource_id, operations, if_match=request.headers.get("if-match")
     )
     return written(request, saved)
@@ -182,19 +198,23 @@ async def patch(
 
 @router.delete("/{resource_type:fhirtype}/{resource_id}", name="delete")
 async def delete(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep
+    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """Delete a resource (its history stays)."""
-    version = await Resources(session).delete(
+    version = await Resources(session, access).delete(
         resource_type, resource_id, if_match=request.headers.get("if-match")
     )
     return _deleted(request, version)
 
 
 @router.delete("/{resource_type:fhirtype}", name="delete-conditional")
-async def conditional_delete(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def conditional_delete(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Delete the one resource that matches the search in the query string."""
-    version = await Resources(session).conditional_delete(resource_type, _condition(request))
+    version = await Resources(session, access).conditional_delete(
+        resource_type, _condition(request)
+    )
     return _deleted(request, version)
 
 
@@ -218,13 +238,15 @@ def _deleted(request: Request, version: Version | None) -> Response:
 
 
 @router.post("", name="batch-transaction")
-async def batch_or_transaction(request: Request, session: SessionDep) -> Response:
+async def batch_or_transaction(
+    request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Process a batch or transaction Bundle."""
     data = await _body(request)
     base = request.app.state.settings.fhir_base
     kind, entries = bundles.parse_entries(data, base)
     if kind == "transaction":
-        text = await bundles.transaction(session, base, entries)
+        text = await bundles.transaction(session, base, entries, access)
     else:
-        text = await bundles.batch(request.app.state.db, base, entries)
+        text = await bundles.batch(request.app.state.db, base, entries, access)
     return fhir_response(request, text)

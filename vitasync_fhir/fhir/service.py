@@ -14,6 +14,7 @@ import jsonpatch
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth.access import SYSTEM, Access
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.models import is_resource_type
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
@@ -122,16 +123,18 @@ def _same_content(stored: str | None, new: dict) -> bool:
 
 
 class Resources:
-    """Create, read, update, patch and delete resources on one session."""
+    """Create, read, update, patch and delete resources on one session, as `access` allows."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, access: Access = SYSTEM) -> None:
         self.session = session
+        self.access = access
         self.store = Store(session)
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def read(self, resource_type: str, resource_id: str) -> Version:
+    async def read(self, resource_type: str, resource_id: str, *, action: str = "read") -> Version:
         check_type(resource_type)
+        await self.access.require(resource_type, action, resource_id=resource_id)
         found = await self.store.current(resource_type, resource_id)
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
@@ -139,18 +142,29 @@ class Resources:
             raise outcomes.gone(
                 f"{resource_type}/{resource_id} was deleted", headers={"ETag": found.etag}
             )
+        await self.access.require_visible(resource_type, resource_id, found.content, action)
+        await self.access.audited(self.session, action, resource_type, resource_id)
         return found
 
     async def read_any(self, resource_type: str, resource_id: str) -> Version:
         """The current version, tombstones included; 404 only when the id was never used."""
         check_type(resource_type)
+        await self.access.require(resource_type, "history", resource_id=resource_id)
         found = await self.store.current(resource_type, resource_id)
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        if found.deleted and not self.access.is_system:
+            last = await self.store.version(resource_type, resource_id, found.version_id - 1)
+            await self.access.require_visible(
+                resource_type, resource_id, last.content if last else None, "history"
+            )
+        await self.access.require_visible(resource_type, resource_id, found.content, "history")
+        await self.access.audited(self.session, "history-instance", resource_type, resource_id)
         return found
 
     async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Version:
         check_type(resource_type)
+        await self.access.require(resource_type, "vread", resource_id=resource_id)
         if not version_id.isdigit():
             raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id!r}")
         found = await self.store.version(resource_type, resource_id, int(version_id))
@@ -160,9 +174,25 @@ class Resources:
             raise outcomes.gone(
                 f"Version {version_id} of {resource_type}/{resource_id} is a deletion"
             )
+        await self.access.require_visible(resource_type, resource_id, found.content, "vread")
+        await self.access.audited(self.session, "vread", resource_type, resource_id)
         return found
 
     # -- planning writes (shared by single interactions and bundles) ------------------------------
+
+    async def permit_write(
+        self, resource_type: str, resource: dict | None, interaction: str, current: Version | None
+    ) -> None:
+        """Whether the caller may replace `current` (if any) with `resource` (None: delete)."""
+        await self.access.require(
+            resource_type, interaction, resource_id=current.id if current else None
+        )
+        if current is not None and not current.deleted:
+            await self.access.require_visible(
+                resource_type, current.id, current.content, interaction
+            )
+        if resource is not None:
+            await self.access.require_writable(resource_type, resource, interaction)
 
     def plan_create(
         self, resource_type: str, data: dict, *, resource_id: str | None = None
@@ -198,19 +228,29 @@ class Resources:
         )
         return Write(version=version, resource=None, replaces=current.version_id)
 
+    async def save(self, writes: list[Write]) -> None:
+        """Store planned writes and audit each; VersionConflict when another writer won."""
+        await self.store.write(writes)
+        for write in writes:
+            v = write.version
+            action = "delete" if v.deleted else ("create" if write.replaces is None else "update")
+            await self.access.audited(self.session, action, v.resource_type, v.id)
+
     # -- single interactions -----------------------------------------------------------------
 
     async def create(
         self, resource_type: str, data: object, *, if_none_exist: str | None = None
     ) -> Saved:
         check_type(resource_type)
+        await self.access.require(resource_type, "create")
         resource = check_resource(data, resource_type)
         if if_none_exist:
             existing = await self.conditional_match(resource_type, if_none_exist)
             if existing is not None:
                 return Saved(existing, created=False)
+        await self.access.require_writable(resource_type, resource, "create")
         write = self.plan_create(resource_type, resource)
-        await self.store.write([write])
+        await self.save([write])
         return Saved(write.version, created=True)
 
     async def update(
@@ -218,6 +258,7 @@ class Resources:
     ) -> Saved:
         check_type(resource_type)
         check_id(resource_id)
+        await self.access.require(resource_type, "update", resource_id=resource_id)
         resource = check_resource(data, resource_type)
         body_id = resource.get("id")
         if body_id != resource_id:
@@ -228,13 +269,14 @@ class Resources:
         expected = parse_etag(if_match) if if_match else None
         for _ in range(_RETRIES):
             current = await self.store.current(resource_type, resource_id, for_update=True)
+            await self.permit_write(resource_type, resource, "update", current)
             _check_precondition(current, expected, resource_type, resource_id)
             write = self.plan_update(current, resource_type, resource_id, resource)
             if write is None:
                 assert current is not None
                 return Saved(current, created=False)
             try:
-                await self.store.write([write])
+                await self.save([write])
             except VersionConflict:
                 if expected is not None:
                     raise _stale(resource_type, resource_id) from None
@@ -253,7 +295,12 @@ class Resources:
         check_type(resource_type)
         if not isinstance(operations, list):
             raise outcomes.bad_request("A JSON Patch body is an array of operations")
-        current = await self.read(resource_type, resource_id)
+        current = await self.store.current(resource_type, resource_id)
+        if current is None:
+            raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        if current.deleted:
+            raise outcomes.gone(f"{resource_type}/{resource_id} was deleted")
+        await self.permit_write(resource_type, None, "patch", current)
         expected = parse_etag(if_match) if if_match else None
         _check_precondition(current, expected, resource_type, resource_id)
         assert current.content is not None
@@ -277,16 +324,18 @@ class Resources:
     ) -> Version | None:
         """Delete; None when the resource was already deleted."""
         check_type(resource_type)
+        await self.access.require(resource_type, "delete", resource_id=resource_id)
         expected = parse_etag(if_match) if if_match else None
         current = await self.store.current(resource_type, resource_id, for_update=True)
         if current is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
+        await self.permit_write(resource_type, None, "delete", current)
         _check_precondition(current, expected, resource_type, resource_id)
         if current.deleted:
             return None
         write = self.plan_delete(current)
         try:
-            await self.store.write([write])
+            await self.save([write])
         except VersionConflict:
             raise _stale(resource_type, resource_id) from None
         return write.version
@@ -294,8 +343,11 @@ class Resources:
     # -- conditional interactions ------------------------------------------------------------
 
     async def conditional_match(self, resource_type: str, query: str) -> Version | None:
-        """The one current resource matching `query`; None for none; 412 for several."""
-        ids = await match_ids(self.session, resource_type, query, limit=2)
+        """The one current resource matching `query` that the caller may see; 412 for several."""
+        await self.access.require(resource_type, "search")
+        ids = await match_ids(
+            self.session, resource_type, query, limit=2, restrict=self.access.restriction()
+        )
         if len(ids) > 1:
             raise outcomes.precondition_failed(
                 f"More than one {resource_type} matches {query!r}; the condition must be selective"
@@ -314,9 +366,7 @@ class Resources:
         if match is None:
             if body_id is not None:
                 return await self.update(resource_type, body_id, resource, if_match=if_match)
-            write = self.plan_create(resource_type, resource)
-            await self.store.write([write])
-            return Saved(write.version, created=True)
+            return await self.create(resource_type, resource)
         if body_id is not None and body_id != match.id:
             raise outcomes.bad_request(
                 f"The body's id {body_id!r} differs from the matching resource {match.id!r}"

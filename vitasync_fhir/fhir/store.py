@@ -7,17 +7,21 @@ first, so two writers racing on one resource can never both win.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement, FromClause
 
 from vitasync_fhir.db import mark_written
 from vitasync_fhir.fhir.search.index import write_indexes
 from vitasync_fhir.fhir.tables import resource_history, resources
+
+# The access layer's filter on a table with resource_type and id columns (None: no filter).
+Restriction = Callable[[FromClause], ColumnElement[bool] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +184,11 @@ class Store:
         since: datetime | None = None,
         before_seq: int | None = None,
         limit: int,
+        restrict: Restriction | None = None,
     ) -> list[tuple[int, Version]]:
         """Versions newest first, keyset-paged by the global write sequence."""
         h = resource_history
-        where = _history_filter(resource_type, resource_id, since)
+        where = _history_filter(resource_type, resource_id, since, restrict)
         if before_seq is not None:
             where = and_(where, h.c.seq < before_seq)
         query = select(h).where(where).order_by(h.c.seq.desc()).limit(limit)
@@ -196,13 +201,19 @@ class Store:
         resource_type: str | None = None,
         resource_id: str | None = None,
         since: datetime | None = None,
+        restrict: Restriction | None = None,
     ) -> int:
-        where = _history_filter(resource_type, resource_id, since)
+        where = _history_filter(resource_type, resource_id, since, restrict)
         query = select(func.count()).select_from(resource_history).where(where)
         return int((await self.session.execute(query)).scalar_one())
 
 
-def _history_filter(resource_type: str | None, resource_id: str | None, since: datetime | None):  # type: ignore[no-untyped-def]
+def _history_filter(  # type: ignore[no-untyped-def]
+    resource_type: str | None,
+    resource_id: str | None,
+    since: datetime | None,
+    restrict: Restriction | None,
+):
     h = resource_history
     conditions = [true()]
     if resource_type is not None:
@@ -211,6 +222,10 @@ def _history_filter(resource_type: str | None, resource_id: str | None, since: d
         conditions.append(h.c.id == resource_id)
     if since is not None:
         conditions.append(h.c.last_updated >= since)
+    if restrict is not None:
+        clause = restrict(h)
+        if clause is not None:
+            conditions.append(clause)
     return and_(*conditions)
 
 

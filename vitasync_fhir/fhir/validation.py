@@ -173,14 +173,16 @@ class _Walk:
         """Walk a top-level resource; its type if the models should validate it too."""
         if type(value) is not dict:
             self.problem(
-                "invalid", expected_type or "Resource",
+                "invalid",
+                expected_type or "Resource",
                 f"A resource must be a JSON object, not {_json_name(value)}.",
             )
             return None
         resource_type = value.get("resourceType")
         if expected_type is not None and resource_type != expected_type:
             self.problem(
-                "invalid", "resourceType",
+                "invalid",
+                "resourceType",
                 f"Expected resourceType {expected_type!r}, got {resource_type!r}.",
             )
         if not self.resource(value, "", depth=1):
@@ -195,7 +197,8 @@ class _Walk:
             self.problem("invalid", where, "resourceType is missing; it names the resource type.")
         elif type(resource_type) is not str or resource_type not in self.table.resources:
             self.problem(
-                "invalid", where,
+                "invalid",
+                where,
                 f"{resource_type!r} is not a FHIR R4 resource type that this server stores.",
             )
         else:
@@ -205,8 +208,16 @@ class _Walk:
         self.measure(value, path or "Resource", depth)
         return False
 
-    def members(self, value: dict[str, Any], of: _Type, path: str, depth: int, *,
-               is_resource: bool = False, bare: bool = False) -> None:
+    def members(
+        self,
+        value: dict[str, Any],
+        of: _Type,
+        path: str,
+        depth: int,
+        *,
+        is_resource: bool = False,
+        bare: bool = False,
+    ) -> None:
         """Walk an object of type `of`; `bare` if an id alone is enough (ele-1)."""
         if depth > self.max_depth:
             raise _TooCostly(path, f"Nesting deeper than {self.max_depth} levels is refused.")
@@ -264,8 +275,12 @@ class _Walk:
             self.measure(value, path, depth + 1)
         elif spec.type == "Resource":
             if "contained" in value and path.rpartition(".")[2].startswith("contained["):
-                self.problem("structure", f"{path}.contained", "Contained resources SHALL NOT "
-                             "contain resources themselves (dom-2); list them all at the top.")
+                self.problem(
+                    "structure",
+                    f"{path}.contained",
+                    "Contained resources SHALL NOT "
+                    "contain resources themselves (dom-2); list them all at the top.",
+                )
             self.resource(value, path, depth=depth + 1)
         else:
             self.members(value, self.table.types[spec.type], path, depth + 1)
@@ -281,8 +296,9 @@ class _Walk:
         elif spec.codes is not None and value not in spec.codes:
             self.problem("code-invalid", path, _not_in(value, spec.valueset, spec.codes))
 
-    def sibling(self, spec: _Spec | None, key: str, value: object, path: str, depth: int,
-                values: object) -> None:
+    def sibling(
+        self, spec: _Spec | None, key: str, value: object, path: str, depth: int, values: object
+    ) -> None:
         """The `_name` sibling of a primitive holds its id and extensions (json.html#primitive)."""
         here, named = f"{path}.{key}", f"{path}.{key[1:]}"
         if spec is None or spec.primitive is None:
@@ -300,12 +316,14 @@ class _Walk:
             self.problem("structure", here, "Must be a non-empty array, with null where empty.")
         self.measure(value, named, depth + 1)
 
-    def siblings(self, value: list[object], values: object, here: str, named: str,
-                 depth: int) -> None:
+    def siblings(
+        self, value: list[object], values: object, here: str, named: str, depth: int
+    ) -> None:
         paired = values if type(values) is list else []
         if values is not None and len(paired) != len(value):
             self.problem(
-                "structure", here,
+                "structure",
+                here,
                 f"Must have one entry per entry of {named}, with null where there is nothing.",
             )
         element = self.table.types["Element"]
@@ -322,7 +340,8 @@ class _Walk:
         first = groups.setdefault(group, key)
         if first != key:
             self.problem(
-                "structure", f"{path}.{group}",
+                "structure",
+                f"{path}.{group}",
                 f"Only one of the {group}[x] elements is allowed, found {first} and {key}.",
             )
 
@@ -355,7 +374,8 @@ class _Walk:
             return  # a wrong type or an empty string is reported as a string problem
         if not self.reference_ok(reference):
             self.problem(
-                "value", path,
+                "value",
+                path,
                 f"{reference!r} is not a reference: expected Type/id, Type/id/_history/vid, "
                 "an http(s) URL, #contained-id, urn:uuid:<uuid> or urn:oid:<oid>.",
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from search_support import BASE_URL, BUNDLES, Loaded, load_bundle, load_extras, postgres_database
+from support import service_headers
 
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
@@ -35,8 +36,14 @@ def synthea(
     else:
         worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
         url = postgres_database(worker, request.module.__name__.rsplit(".", 1)[-1])
-    settings = Settings(database_url=url, base_url=BASE_URL, data_dir=folder / "var")
+    settings = Settings(
+        database_url=url,
+        base_url=BASE_URL,
+        data_dir=folder / "var",
+        signing_key_file=request.getfixturevalue("shared_key_file"),
+    )
     with TestClient(create_app(settings), base_url=BASE_URL) as client:
+        client.headers.update(service_headers(settings))
         loaded = Loaded(client)
         for name in BUNDLES:
             load_bundle(loaded, synthea_dir / name)

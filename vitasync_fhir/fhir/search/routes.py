@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from vitasync_fhir.auth.access import Access, AccessDep
 from vitasync_fhir.db import SessionDep
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.responses import fhir_response
@@ -41,34 +42,45 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     return [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
 
 
-async def _answer(request: Request, session: SessionDep, search: Search) -> Response:
-    body = await service.search(session, request.app.state.settings, search)
+async def _answer(
+    request: Request, session: SessionDep, access: Access, search: Search
+) -> Response:
+    if len(search.types) == 1:
+        await access.require(search.types[0], "search")
+    body = await service.search(
+        session, request.app.state.settings, search, restrict=access.restriction()
+    )
+    action = "search-system" if search.system else "search-type"
+    types = search.types
+    await access.audited(
+        session, action, types[0] if len(types) == 1 else None, query=request.url.query or None
+    )
     return fhir_response(request, body)
 
 
 @router.get("")
-async def search_system(request: Request, session: SessionDep) -> Response:
+async def search_system(request: Request, session: SessionDep, access: AccessDep) -> Response:
     """Search across resource types (`_type` names them; without it, all types)."""
     pairs = _pairs(request)
     types = service.system_types(pairs)
     return await _answer(
-        request, session, Search(types, pairs, "", lenient=_lenient(request), system=True)
+        request, session, access, Search(types, pairs, "", lenient=_lenient(request), system=True)
     )
 
 
 @router.post("/_search")
-async def search_system_post(request: Request, session: SessionDep) -> Response:
+async def search_system_post(request: Request, session: SessionDep, access: AccessDep) -> Response:
     """Search across resource types with the parameters in a form body."""
     pairs = _pairs(request) + await _form_pairs(request)
     types = service.system_types(pairs)
     return await _answer(
-        request, session, Search(types, pairs, "", lenient=_lenient(request), system=True)
+        request, session, access, Search(types, pairs, "", lenient=_lenient(request), system=True)
     )
 
 
 @router.get("/Patient/{patient_id}/{resource_type}")
 async def search_compartment(
-    patient_id: str, resource_type: str, request: Request, session: SessionDep
+    patient_id: str, resource_type: str, request: Request, session: SessionDep, access: AccessDep
 ) -> Response:
     """Search the resources of one type (or `*`, all) in a Patient's compartment."""
     if resource_type == "*":
@@ -88,21 +100,25 @@ async def search_compartment(
         system=len(types) > 1,
         compartment=patient_id,
     )
-    return await _answer(request, session, search)
+    return await _answer(request, session, access, search)
 
 
 @router.get("/{resource_type}")
-async def search_type(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def search_type(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Search the resources of one type."""
     service.check_type(resource_type)
     search = Search((resource_type,), _pairs(request), resource_type, lenient=_lenient(request))
-    return await _answer(request, session, search)
+    return await _answer(request, session, access, search)
 
 
 @router.post("/{resource_type}/_search")
-async def search_type_post(resource_type: str, request: Request, session: SessionDep) -> Response:
+async def search_type_post(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
     """Search the resources of one type with the parameters in a form body."""
     service.check_type(resource_type)
     pairs = _pairs(request) + await _form_pairs(request)
     search = Search((resource_type,), pairs, resource_type, lenient=_lenient(request))
-    return await _answer(request, session, search)
+    return await _answer(request, session, access, search)

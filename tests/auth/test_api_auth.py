@@ -1,0 +1,223 @@
+"""/api/auth over HTTP: sign-up, verification, sign-in, refresh, sign-out, reset, lockout."""
+
+from __future__ import annotations
+
+from auth_helpers import PASSWORD, bearer, login
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from vitasync_fhir.auth.tables import login_attempts
+
+
+def register(api: TestClient, email: str = "jane@example.org", password: str = PASSWORD) -> dict:
+    answer = api.post(
+        "/api/auth/register",
+        json={"email": email, "password": password, "given": "Jane", "family": "Doe"},
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def test_register_verify_login_me_logout(api: TestClient, mails) -> None:  # type: ignore[no-untyped-def]
+    account = register(api)
+    assert account["role"] == "patient" and account["verified"] is False
+    assert account["fhirUser"] == f"Patient/{account['patient']}"
+    assert api.get(f"/fhir/Patient/{account['patient']}").status_code == 401
+
+    unverified = api.post(
+        "/api/auth/login", json={"email": "jane@example.org", "password": PASSWORD}
+    )
+    assert unverified.status_code == 403
+
+    token = mails.token("registration", "jane@example.org")
+    verified = api.get("/api/auth/verify-email", params={"token": token})
+    assert verified.status_code == 200 and verified.json()["verified"] is True
+    assert api.get("/api/auth/verify-email", params={"token": token}).status_code == 400
+
+    pair = login(api, "JANE@example.org")
+    assert pair["token_type"] == "Bearer" and pair["expires_in"] == 900
+    assert pair["access_token"] and pair["refresh_token"]
+    own = api.get(f"/fhir/Patient/{account['patient']}", headers=bearer(pair["access_token"]))
+    assert own.status_code == 200 and own.json()["name"][0]["family"] == "Doe"
+    me = api.get("/api/auth/me", headers=bearer(pair["access_token"]))
+    assert me.status_code == 200
+    assert me.json()["email"] == "jane@example.org" and me.json()["patient"] == account["patient"]
+    assert "user/Observation.rs" in me.json()["scope"].split()
+
+    out = api.post("/api/auth/logout", headers=bearer(pair["access_token"]))
+    assert out.status_code == 204
+    again = api.get("/api/auth/me", headers=bearer(pair["access_token"]))
+    assert again.status_code == 401
+    assert again.headers["WWW-Authenticate"].startswith("Bearer")
+    assert again.json()["error"] == "unauthorized"
+
+
+def test_duplicate_and_weak_registrations(api: TestClient) -> None:
+    register(api, "dup@example.org")
+    assert (
+        api.post(
+            "/api/auth/register", json={"email": "DUP@example.org", "password": PASSWORD}
+        ).status_code
+        == 409
+    )
+    assert (
+        api.post(
+            "/api/auth/register", json={"email": "x@example.org", "password": "short"}
+        ).status_code
+        == 422
+    )
+    assert (
+        api.post(
+            "/api/auth/register", json={"email": "not-an-email", "password": PASSWORD}
+        ).status_code
+        == 422
+    )
+
+
+def test_me_requires_a_bearer_token(api: TestClient) -> None:
+    missing = api.get("/api/auth/me")
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="vitasync"'
+    garbage = api.get("/api/auth/me", headers=bearer("not.a.jwt"))
+    assert garbage.status_code == 401
+    assert 'error="invalid_token"' in garbage.headers["WWW-Authenticate"]
+
+
+def test_refresh_rotates_and_a_replay_revokes_the_family(api: TestClient, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = make_user(role="nurse")
+    first = login(api, user.email)
+    second = api.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert second.status_code == 200
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    assert api.get("/api/auth/me", headers=bearer(rotated["access_token"])).status_code == 200
+
+    replay = api.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert replay.status_code == 400
+    # The replay revoked the whole family: the rotated tokens no longer work either.
+    assert (
+        api.post("/api/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code
+        == 400
+    )
+    assert api.get("/api/auth/me", headers=bearer(rotated["access_token"])).status_code == 401
+
+
+def test_password_reset(api: TestClient, make_user, mails) -> None:  # type: ignore[no-untyped-def]
+    user = make_user(role="doctor")
+    before = login(api, user.email)
+    unknown = api.post("/api/auth/password-reset", json={"email": "nobody@example.org"})
+    known = api.post("/api/auth/password-reset", json={"email": user.email})
+    assert unknown.status_code == known.status_code == 202
+    assert unknown.json() == known.json()
+    token = mails.token("password-reset", user.email)
+    assert all(sent[1] != "nobody@example.org" for sent in mails.sent())
+
+    new_password = "a brand new password"
+    done = api.post(
+        "/api/auth/password-reset/confirm", json={"token": token, "password": new_password}
+    )
+    assert done.status_code == 204
+    assert (
+        api.post(
+            "/api/auth/password-reset/confirm", json={"token": token, "password": new_password}
+        ).status_code
+        == 400
+    )
+    assert (
+        api.post("/api/auth/login", json={"email": user.email, "password": PASSWORD}).status_code
+        == 401
+    )
+    assert login(api, user.email, new_password)["access_token"]
+    # Tokens from before the reset stop working, refresh tokens included.
+    assert api.get("/api/auth/me", headers=bearer(before["access_token"])).status_code == 401
+    assert (
+        api.post("/api/auth/refresh", json={"refresh_token": before["refresh_token"]}).status_code
+        == 400
+    )
+
+
+def test_failed_logins_are_slowed_then_locked_without_telling_if_the_account_exists(
+    api: TestClient,
+    make_user,
+    settings,
+    run,  # type: ignore[no-untyped-def]
+) -> None:
+    user = make_user(role="pharmacist")
+    answers = {}
+    for email in (user.email, "ghost@example.org"):
+        wrong = api.post("/api/auth/login", json={"email": email, "password": "wrong password!"})
+        answers[email] = (wrong.status_code, wrong.json())
+    assert answers[user.email] == answers["ghost@example.org"]
+    assert answers[user.email][0] == 401
+
+    for _ in range(settings.login_slow_after - 1):
+        api.post("/api/auth/login", json={"email": user.email, "password": "wrong password!"})
+    slowed = api.post("/api/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert slowed.status_code == 429
+    assert int(slowed.headers["Retry-After"]) >= 1
+
+    async def failures(session):  # type: ignore[no-untyped-def]
+        rows = await session.execute(select(login_attempts.c.key, login_attempts.c.failures))
+        return {row.key.split(":")[0]: row.failures for row in rows if row.key.startswith("email")}
+
+    # The waits grow with every failure and end in a lockout.
+    async def lock(session):  # type: ignore[no-untyped-def]
+        from sqlalchemy import update
+
+        await session.execute(update(login_attempts).values(locked_until=None))
+        from vitasync_fhir.db import mark_written
+
+        mark_written(session)
+
+    for _ in range(settings.login_lock_after):
+        run(lock)
+        api.post("/api/auth/login", json={"email": user.email, "password": "wrong password!"})
+    locked = api.post("/api/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) > settings.login_lock_seconds - 60
+    ghost = api.post(
+        "/api/auth/login", json={"email": "ghost2@example.org", "password": "wrong password!"}
+    )
+    assert ghost.status_code == 429  # the address is locked too, after this many failures
+
+
+def test_admins_manage_accounts(api: TestClient, make_user) -> None:  # type: ignore[no-untyped-def]
+    admin = make_user(role="admin")
+    doctor = make_user(role="doctor")
+    admin_token = login(api, admin.email)["access_token"]
+    doctor_token = login(api, doctor.email)["access_token"]
+    body = {
+        "email": "new.nurse@example.org",
+        "password": PASSWORD,
+        "role": "nurse",
+        "family": "Nightingale",
+    }
+    assert api.post("/api/auth/users", json=body, headers=bearer(doctor_token)).status_code == 403
+    made = api.post("/api/auth/users", json=body, headers=bearer(admin_token))
+    assert made.status_code == 201
+    assert made.json()["fhirUser"].startswith("Practitioner/")
+    listed = api.get("/api/auth/users", headers=bearer(admin_token))
+    assert "new.nurse@example.org" in {u["email"] for u in listed.json()["users"]}
+    assert login(api, "new.nurse@example.org")["access_token"]
+
+
+def test_logins_are_audited(api: TestClient, make_user, run) -> None:  # type: ignore[no-untyped-def]
+    from vitasync_fhir.fhir.tables import resources
+
+    user = make_user(role="patient")
+    api.post("/api/auth/login", json={"email": user.email, "password": "wrong password!"})
+    login(api, user.email)
+
+    async def events(session):  # type: ignore[no-untyped-def]
+        import orjson
+
+        rows = await session.execute(
+            select(resources.c.content).where(resources.c.resource_type == "AuditEvent")
+        )
+        return [orjson.loads(row.content) for row in rows]
+
+    found = run(events)
+    outcomes = sorted(e["outcome"] for e in found)
+    assert outcomes == ["0", "4"]
+    assert all(e["agent"][0]["who"] == {"reference": user.fhir_user} for e in found)
+    assert all(e["agent"][0]["network"]["address"] == "testclient" for e in found)

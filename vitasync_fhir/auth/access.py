@@ -1,0 +1,179 @@
+"""The caller's policy for one request: the one layer every FHIR and /api path goes through.
+
+`Resources` (fhir/service.py) carries an `Access` and asks it before each read and write; search
+and history take its `restriction()` so base results, includes, chains and `_has` only ever
+select what the caller may see; bundles, operations and documents go through the same
+`Resources`. `Access.system()` is the server itself (background tasks, start-up), which sees all.
+
+A type the caller may not use at all answers 403; a single resource the caller may not see
+answers 404, so its existence does not leak. Every access to patient data is audited: successes
+in the request's transaction, denials in a transaction of their own so they survive the rollback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import ColumnElement, and_, false, or_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import FromClause
+
+from vitasync_fhir.auth import audit, policy
+from vitasync_fhir.auth.deps import CallerDep
+from vitasync_fhir.auth.policy import Caller
+from vitasync_fhir.db import Database
+from vitasync_fhir.fhir.outcomes import FhirError
+
+
+class Access:
+    def __init__(
+        self,
+        caller: Caller | None,
+        *,
+        source_ip: str | None = None,
+        database: Database | None = None,
+    ) -> None:
+        self.caller = caller
+        self.source_ip = source_ip
+        self.database = database
+
+    @classmethod
+    def system(cls) -> Access:
+        return cls(None)
+
+    @classmethod
+    def of_request(cls, request: Request, caller: Caller) -> Access:
+        host = request.client.host if request.client else None
+        return cls(caller, source_ip=host, database=request.app.state.db)
+
+    @property
+    def is_system(self) -> bool:
+        return self.caller is None
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def require(
+        self, resource_type: str, interaction: str, *, resource_id: str | None = None
+    ) -> None:
+        """403 unless the caller may perform `interaction` on some `resource_type`."""
+        if self.caller is None or policy.allowed(self.caller, resource_type, interaction):
+            return
+        await self._denied(resource_type, interaction, resource_id)
+        raise FhirError(
+            403, "forbidden", f"Your role may not {interaction} {resource_type} resources"
+        )
+
+    async def require_visible(
+        self,
+        resource_type: str,
+        resource_id: str,
+        content: str | dict | None,
+        interaction: str = "read",
+    ) -> None:
+        """404 unless the caller may see this one resource (existence must not leak)."""
+        if self.caller is None or content is None:
+            return
+        if policy.may_touch(self.caller, resource_type, content, interaction):
+            return
+        await self._denied(resource_type, interaction, resource_id)
+        raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
+
+    async def require_writable(self, resource_type: str, resource: dict, interaction: str) -> None:
+        """403 unless the caller may write this content (e.g. into their own compartment only)."""
+        if self.caller is None or policy.may_touch(
+            self.caller, resource_type, resource, interaction
+        ):
+            return
+        await self._denied(resource_type, interaction, resource.get("id"))
+        raise FhirError(403, "forbidden", f"You may not {interaction} this {resource_type}")
+
+    def restriction(self, interaction: str = "search"):  # type: ignore[no-untyped-def]
+        """The search engine's `restrict` hook: (table, types) -> WHERE clause, or None."""
+        caller = self.caller
+        if caller is None:
+            return None
+
+        def clause(table: FromClause, types: Iterable[str]) -> ColumnElement[bool] | None:
+            free, limited, patient = [], [], None
+            for name in types:
+                decision = policy.decide(caller, name, interaction)
+                if not decision.allowed:
+                    continue
+                if decision.patient_id is None:
+                    free.append(name)
+                else:
+                    limited.append(name)
+                    patient = decision.patient_id
+            wanted = set(types)
+            if set(free) == wanted:
+                return None
+            parts = []
+            if free:
+                parts.append(table.c.resource_type.in_(free))
+            if limited and patient is not None:
+                parts.append(
+                    and_(table.c.resource_type.in_(limited), policy.patient_clause(table, patient))
+                )
+            return or_(*parts) if parts else false()
+
+        return clause
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def audited(
+        self,
+        session: AsyncSession,
+        action: str,
+        resource_type: str | None,
+        resource_id: str | None = None,
+        *,
+        query: str | None = None,
+    ) -> None:
+        """Record a successful access to patient data in the request's transaction."""
+        if self.caller is None or not _patient_data(resource_type):
+            return
+        event = audit.audit_event(
+            self.caller,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            outcome="success",
+            source_ip=self.source_ip,
+            query=query,
+        )
+        await audit.record(session, event)
+
+    async def _denied(self, resource_type: str, action: str, resource_id: str | None) -> None:
+        if self.database is None:
+            return
+        event = audit.audit_event(
+            self.caller,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            outcome="denied",
+            source_ip=self.source_ip,
+        )
+        await audit.record_apart(self.database, event)
+
+
+def _patient_data(resource_type: str | None) -> bool:
+    if resource_type == "AuditEvent":  # reading the audit trail is not itself audited
+        return False
+    return (
+        resource_type is None
+        or resource_type == "Patient"
+        or policy.in_compartment_types(resource_type)
+    )
+
+
+SYSTEM = Access.system()
+
+
+async def _request_access(request: Request, caller: CallerDep) -> Access:
+    return Access.of_request(request, caller)
+
+
+AccessDep = Annotated[Access, Depends(_request_access)]

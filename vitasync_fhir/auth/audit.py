@@ -1,0 +1,175 @@
+"""AuditEvent for every access to patient data: who, what, when, from where, and the outcome.
+
+Successful accesses are stored in the request's own transaction (`record`). Denials must survive
+the rollback of the request they deny, so they are stored in a unit of work of their own
+(`record_apart`).
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.auth.policy import Caller
+from vitasync_fhir.db import Database, mark_written
+
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+# interaction -> AuditEvent.action (C create, R read, U update, D delete, E execute)
+ACTIONS = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "search": "E",
+    "search-type": "E",
+    "search-system": "E",
+    "history": "R",
+    "history-instance": "R",
+    "history-type": "R",
+    "history-system": "R",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "login": "E",
+    "logout": "E",
+}
+# outcome -> AuditEvent.outcome: 0 success, 4 minor failure (denied, not found), 8 serious failure
+OUTCOMES = {"success": "0", "denied": "4", "failure": "8"}
+
+
+def audit_event(
+    caller: Caller | None,
+    *,
+    action: str,
+    resource_type: str | None,
+    resource_id: str | None,
+    outcome: str,
+    source_ip: str | None,
+    query: str | None = None,
+    patient_id: str | None = None,
+    description: str | None = None,
+    recorded: datetime | None = None,
+) -> dict:
+    """An R4 AuditEvent for one interaction; `outcome` is success, denied or failure."""
+    moment = (recorded or datetime.now(UTC)).astimezone(UTC)
+    event: dict = {
+        "resourceType": "AuditEvent",
+        "type": _event_type(action),
+        "subtype": [_subtype(action)],
+        "action": ACTIONS.get(action, "E"),
+        "recorded": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "outcome": OUTCOMES[outcome],
+        "agent": [_agent(caller, source_ip)],
+        "source": {
+            "observer": {"display": "VitaSync FHIR"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+    }
+    if description or outcome != "success":
+        event["outcomeDesc"] = description or f"{action} {outcome}"
+    entities = []
+    if resource_type:
+        entity: dict = {
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": resource_type}
+        }
+        if resource_id:
+            entity["what"] = {"reference": f"{resource_type}/{resource_id}"}
+        if query:
+            entity["query"] = base64.b64encode(query.encode()).decode()
+        entities.append(entity)
+    patient = patient_id or (resource_id if resource_type == "Patient" else None)
+    if patient and not (resource_type == "Patient" and resource_id == patient):
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "1",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1",
+                },
+            }
+        )
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+def _event_type(action: str) -> dict:
+    if action in ("login", "logout"):
+        return {"system": DICOM, "code": "110114", "display": "User Authentication"}
+    return {"system": AUDIT_TYPE, "code": "rest", "display": "Restful Operation"}
+
+
+def _subtype(action: str) -> dict:
+    if action in ("login", "logout"):
+        code = "110122" if action == "login" else "110123"
+        return {"system": DICOM, "code": code, "display": action.capitalize()}
+    code = {
+        "search-type": "search-type",
+        "search-system": "search-system",
+        "search": "search-type",
+        "history": "history-instance",
+    }.get(action, action)
+    return {"system": RESTFUL, "code": code}
+
+
+def _agent(caller: Caller | None, source_ip: str | None) -> dict:
+    agent: dict = {
+        "type": {
+            "coding": [
+                {"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}
+            ]
+        },
+        "requestor": True,
+    }
+    if caller is None:
+        agent["who"] = {"display": "anonymous"}
+    elif caller.fhir_user:
+        agent["who"] = {"reference": caller.fhir_user}
+    else:
+        agent["who"] = {
+            "identifier": {"system": "urn:vitasync:client", "value": caller.client_id or "unknown"}
+        }
+    if caller is not None:
+        agent["altId"] = caller.user_id or caller.client_id or "unknown"
+        agent["role"] = [{"text": caller.role}]
+        if caller.client_id:
+            agent["name"] = caller.client_id
+        policies = [caller.jti] if caller.jti else []
+        if policies:
+            agent["policy"] = [f"urn:uuid:{p}" for p in policies]
+    if source_ip:
+        agent["network"] = {"address": source_ip, "type": "2"}
+    return agent
+
+
+async def record(session: AsyncSession, event: dict) -> str:
+    """Store `event` in the current transaction; the new AuditEvent's id."""
+    from vitasync_fhir.fhir.service import Resources  # the FHIR service imports search on load
+
+    saved = await Resources(session).create("AuditEvent", event)
+    mark_written(session)
+    return saved.version.id
+
+
+async def record_apart(database: Database, event: dict) -> str:
+    """Store `event` in a transaction of its own: kept even when the request rolls back."""
+
+    async def work(session: AsyncSession) -> str:
+        return await record(session, event)
+
+    return str(await database.run(work))

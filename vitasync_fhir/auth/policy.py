@@ -1,0 +1,417 @@
+"""Who may do what: the role table, and the functions every path asks before touching data.
+
+A request is allowed when BOTH the caller's role (the table below) and the caller's token scopes
+allow it. Where either limits the caller to one patient (the role's rows say `own`, or the only
+scopes that grant the interaction are `patient/` ones), the caller sees only resources in that
+patient's compartment (the official R4 Patient CompartmentDefinition, `patient_compartment.json`).
+Types outside every patient compartment (Practitioner, Organization, Medication, ValueSet...) hold
+no patient data; for them `own` means the same as `any`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy.sql import FromClause
+
+from vitasync_fhir.auth.scopes import Scope
+
+# (resource_type, resource_id, compartment_type, compartment_id): the Patient compartments of
+# every current resource, kept by the search indexer; a Patient is in its own compartment.
+from vitasync_fhir.fhir.search.tables import resource_compartments
+
+Role = Literal["admin", "doctor", "nurse", "patient", "pharmacist"]
+ROLES: tuple[Role, ...] = ("admin", "doctor", "nurse", "patient", "pharmacist")
+STAFF: frozenset[str] = frozenset({"admin", "doctor", "nurse", "pharmacist"})
+Access = Literal["own", "any", "none"]
+OWN: Access = "own"
+ANY: Access = "any"
+NONE: Access = "none"
+
+# -- resource groups (the nouns of the table) ---------------------------------------------------
+
+PATIENT = ("Patient",)
+DIRECTORY = (
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "HealthcareService",
+    "Endpoint",
+)
+CONFORMANCE = (
+    "CapabilityStatement",
+    "StructureDefinition",
+    "SearchParameter",
+    "OperationDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "ConceptMap",
+    "NamingSystem",
+    "Questionnaire",
+)
+MEDICATION = ("Medication",)
+PRESCRIPTIONS = ("MedicationRequest", "MedicationDispense")
+VITALS = ("Observation",)
+PROCEDURES = ("Procedure",)
+IMMUNIZATIONS = ("Immunization",)
+RECORDS = ("Encounter", "AllergyIntolerance", "DocumentReference")
+DIAGNOSES = ("Condition", "DiagnosticReport", "CarePlan", "CareTeam", "ClinicalImpression")
+APPOINTMENTS = ("Appointment", "AppointmentResponse")
+SCHEDULING = ("Schedule", "Slot")
+# Every clinical type in the patient compartment: what a doctor manages. Financial and
+# administrative compartment types (Account, Claim, Coverage, Invoice, AuditEvent, Person, Group,
+# ResearchSubject...) are left to admins.
+CLINICAL = (
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "BodyStructure",
+    "CarePlan",
+    "CareTeam",
+    "ClinicalImpression",
+    "Communication",
+    "CommunicationRequest",
+    "Composition",
+    "Condition",
+    "Consent",
+    "DetectedIssue",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "EpisodeOfCare",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "List",
+    "Media",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MolecularSequence",
+    "NutritionOrder",
+    "Observation",
+    "Procedure",
+    "Provenance",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "RiskAssessment",
+    "ServiceRequest",
+    "Specimen",
+    "Task",
+    "VisionPrescription",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    letters: str  # SMART letters, subset of "cruds"
+    access: Access
+
+
+def rows(types: Iterable[str], letters: str, access: Access) -> dict[str, Rule]:
+    return {name: Rule(letters, access) for name in types}
+
+
+# -- THE TABLE: role -> resource type -> (interactions, over which patients) ---------------------
+# Letters: c create, r read/vread/instance history, u update/patch, d delete, s search/type history.
+# Within a role, later rows replace earlier ones for the same type. A type a role does not list is
+# denied. "*" is every type (admin only; a role with "*" lists nothing else).
+POLICY: dict[str, dict[str, Rule]] = {
+    "admin": {"*": Rule("cruds", ANY)},
+    "doctor": {
+        **rows(PATIENT, "cruds", ANY),
+        **rows(CLINICAL, "cruds", ANY),
+        **rows(MEDICATION, "crus", ANY),
+        **rows(DIRECTORY, "rs", ANY),
+        **rows(SCHEDULING, "rs", ANY),
+        **rows(CONFORMANCE, "rs", ANY),
+    },
+    "nurse": {
+        **rows(PATIENT, "crus", ANY),
+        **rows(VITALS + PROCEDURES + IMMUNIZATIONS + RECORDS, "crus", ANY),
+        **rows(("MedicationAdministration",) + APPOINTMENTS, "crus", ANY),
+        **rows(DIAGNOSES + ("MedicationRequest",) + MEDICATION, "rs", ANY),
+        **rows(DIRECTORY + SCHEDULING + CONFORMANCE, "rs", ANY),
+    },
+    "pharmacist": {
+        **rows(("MedicationRequest",), "rus", ANY),  # u: mark a prescription filled
+        **rows(("MedicationDispense",) + MEDICATION, "crus", ANY),
+        **rows(PATIENT, "rs", ANY),  # demographics needed to fill a prescription
+        **rows(DIRECTORY + CONFORMANCE, "rs", ANY),
+        **rows(VITALS + PROCEDURES + IMMUNIZATIONS + RECORDS + DIAGNOSES, "", NONE),
+    },
+    "patient": {
+        **rows(CLINICAL, "rs", OWN),
+        **rows(PATIENT, "rus", OWN),  # may update their own profile, never create or delete
+        **rows(APPOINTMENTS, "crus", OWN),  # book, reschedule and cancel their appointments
+        **rows(DIRECTORY + SCHEDULING + MEDICATION + CONFORMANCE, "rs", ANY),
+    },
+}
+# Written only by the server, whatever the role: the audit trail is append-only.
+SERVER_WRITTEN: dict[str, str] = {"AuditEvent": "rs"}
+
+# Interactions and the SMART letter each needs.
+INTERACTIONS: dict[str, str] = {
+    "read": "r",
+    "vread": "r",
+    "history": "r",
+    "history-instance": "r",
+    "search": "s",
+    "search-type": "s",
+    "search-system": "s",
+    "history-type": "s",
+    "history-system": "s",
+    "create": "c",
+    "update": "u",
+    "patch": "u",
+    "delete": "d",
+}
+# Operations: the letters each needs on the type it runs on. An operation not listed needs all.
+OPERATIONS: dict[str, str] = {
+    "$everything": "rs",
+    "$export": "rs",
+    "$lastn": "s",
+    "$stats": "s",
+    "$meta": "r",
+    "$document": "r",
+    "$print": "r",
+    "$pdf": "r",
+    "$qr": "r",
+    "$validate": "",
+}
+
+
+def rule_for(role: str, resource_type: str) -> Rule | None:
+    table_ = POLICY.get(role, {})
+    rule = table_.get(resource_type) or table_.get("*")
+    if rule is None or rule.access == NONE:
+        return None
+    cap = SERVER_WRITTEN.get(resource_type)
+    if cap is not None:
+        rule = Rule("".join(x for x in rule.letters if x in cap), rule.access)
+    return rule
+
+
+def letters_for(interaction: str) -> str:
+    if interaction.startswith("$"):
+        return OPERATIONS.get(interaction, "cruds")
+    try:
+        return INTERACTIONS[interaction]
+    except KeyError:
+        raise ValueError(f"unknown interaction {interaction!r}") from None
+
+
+# -- the caller ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: a signed-in user through some client, or a backend service."""
+
+    role: str
+    scopes: tuple[Scope, ...]
+    user_id: str | None = None
+    fhir_user: str | None = None  # "Patient/123", "Practitioner/9"
+    patient_id: str | None = None  # the patient this caller is limited to, if any
+    client_id: str | None = None
+    jti: str | None = None
+    other_scopes: frozenset[str] = field(default_factory=frozenset)
+    expires_at: int | None = None
+
+    @property
+    def who(self) -> str:
+        return self.fhir_user or (f"Device/{self.client_id}" if self.client_id else "unknown")
+
+
+# -- the decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    patient_id: str | None = None  # set when only that patient's compartment is visible
+
+
+DENY = Decision(False)
+
+
+def decide(caller: Caller, resource_type: str, interaction: str) -> Decision:
+    """The role table AND the token scopes, for one interaction on one type."""
+    rule = rule_for(caller.role, resource_type)
+    if rule is None:
+        return DENY
+    needed = letters_for(interaction)
+    compartment = False
+    for letter in needed:
+        if letter not in rule.letters:
+            return DENY
+        contexts = {s.context for s in caller.scopes if s.grants(resource_type, letter)}
+        if not contexts:
+            return DENY
+        compartment = compartment or contexts == {"patient"}
+    if not needed and not any(s.applies_to(resource_type) for s in caller.scopes):
+        return DENY
+    if not in_compartment_types(resource_type):
+        return Decision(True)
+    if rule.access == OWN or compartment:
+        if caller.patient_id is None:
+            return DENY  # patient-limited, but no patient in context
+        return Decision(True, caller.patient_id)
+    return Decision(True)
+
+
+def allowed(caller: Caller, resource_type: str, interaction: str) -> bool:
+    """Whether `caller` may perform `interaction` on some resource of `resource_type`."""
+    return decide(caller, resource_type, interaction).allowed
+
+
+# -- the patient compartment --------------------------------------------------------------------
+
+Restriction = Callable[[FromClause], ColumnElement[bool]]
+
+
+@cache
+def compartment_paths() -> Mapping[str, tuple[str, ...]]:
+    data = json.loads((Path(__file__).with_name("patient_compartment.json")).read_text())
+    return {name: tuple(paths) for name, paths in data["paths"].items()}
+
+
+def in_compartment_types(resource_type: str) -> bool:
+    return resource_type in compartment_paths()
+
+
+def restrict(
+    caller: Caller, resource_type: str, *, interaction: str = "search"
+) -> Restriction | None:
+    """None when `caller` sees every `resource_type`; else a WHERE clause factory for a selection
+    on the resources table (or an alias of it, with columns resource_type and id)."""
+    decision = decide(caller, resource_type, interaction)
+    if not decision.allowed:
+        return lambda resources: false()
+    if decision.patient_id is None:
+        return None
+    return _compartment_clause(resource_type, decision.patient_id)
+
+
+def patient_clause(resources: FromClause, patient_id: str) -> ColumnElement[bool]:
+    """Rows of `resources` (any types) in the patient's compartment, the Patient itself included."""
+    rc = resource_compartments
+    member = exists(
+        select(1).where(
+            rc.c.resource_type == resources.c.resource_type,
+            rc.c.resource_id == resources.c.id,
+            rc.c.compartment_type == "Patient",
+            rc.c.compartment_id == patient_id,
+        )
+    )
+    itself = and_(resources.c.resource_type == "Patient", resources.c.id == patient_id)
+    return or_(itself, member)
+
+
+def _compartment_clause(resource_type: str, patient_id: str) -> Restriction:
+    def clause(resources: FromClause) -> ColumnElement[bool]:
+        rc = resource_compartments
+        member = exists(
+            select(1).where(
+                rc.c.resource_type == resources.c.resource_type,
+                rc.c.resource_id == resources.c.id,
+                rc.c.compartment_type == "Patient",
+                rc.c.compartment_id == patient_id,
+            )
+        )
+        if resource_type == "Patient":
+            return or_(
+                and_(resources.c.resource_type == "Patient", resources.c.id == patient_id), member
+            )
+        return member
+
+    return clause
+
+
+def may_see(caller: Caller, resource_type: str, resource: dict | str | bytes) -> bool:
+    """Whether `caller` may read this one already-loaded resource."""
+    return may_touch(caller, resource_type, resource, "read")
+
+
+def may_touch(
+    caller: Caller, resource_type: str, resource: dict | str | bytes, interaction: str
+) -> bool:
+    """Whether `caller` may perform `interaction` on this resource (for writes: its new content)."""
+    decision = decide(caller, resource_type, interaction)
+    if not decision.allowed:
+        return False
+    if decision.patient_id is None:
+        return True
+    data = orjson.loads(resource) if isinstance(resource, (str, bytes)) else resource
+    return decision.patient_id in patients_of(resource_type, data)
+
+
+def patients_of(resource_type: str, resource: dict) -> set[str]:
+    """The ids of the patients whose compartment `resource` is in."""
+    found: set[str] = set()
+    if resource_type == "Patient" and isinstance(resource.get("id"), str):
+        found.add(resource["id"])
+    for path in compartment_paths().get(resource_type, ()):
+        for value in _walk(resource, path.split(".")):
+            patient = _patient_id(value)
+            if patient:
+                found.add(patient)
+    return found
+
+
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+def _patient_id(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    reference = value.get("reference")
+    if not isinstance(reference, str):
+        return None
+    match = _PATIENT_REF.search(reference)
+    return match.group(1) if match else None
+
+
+def _walk(value: object, steps: list[str]) -> Iterable[object]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _walk(item, steps)
+        return
+    if not steps:
+        yield value
+        return
+    if isinstance(value, dict) and steps[0] in value:
+        yield from _walk(value[steps[0]], steps[1:])
+
+
+# -- the role ceiling on scopes -----------------------------------------------------------------
+
+
+def ceiling(role: str, contexts: Iterable[str]) -> tuple[Scope, ...]:
+    """The most a token of a `role` caller may carry, as scopes in each of `contexts`."""
+    result = []
+    for context in contexts:
+        for name in POLICY.get(role, {}):
+            rule = rule_for(role, name) if name != "*" else POLICY[role]["*"]
+            if rule is not None and rule.letters:
+                result.append(Scope(context, name, rule.letters))
+    return tuple(result)
