@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from vitasync_fhir import __version__, errors
+from vitasync_fhir.api.routes import routers as api_routers
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
 from vitasync_fhir.auth.routes import router as auth_router
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(well_known, tags=["SMART"])
     app.include_router(oauth_router, tags=["OAuth2"])
     app.include_router(auth_router, tags=["Accounts"])
+    for router in api_routers():
+        app.include_router(router)
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vitasync_fhir.fhir.models import is_resource_type
+from vitasync_fhir.fhir.search.registry import search_parameters
 from vitasync_fhir.mapping import paths
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
@@ -97,6 +98,15 @@ class Kinds(BaseModel):
     values: dict[str, Kind]
 
 
+class Listing(BaseModel):
+    """How the list route filters and sorts: /api names mapped to FHIR search parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    filters: dict[str, str] = Field(default_factory=dict)
+    date: str | None = None  # the FHIR date parameter behind ?from= and ?to=
+    sort: dict[str, str] = Field(default_factory=dict)  # /api field -> FHIR search parameter
+
+
 class Mapping(BaseModel):
     """One /api resource: its name, its FHIR type and its fields."""
 
@@ -107,6 +117,7 @@ class Mapping(BaseModel):
     fixed: dict[str, object] = Field(default_factory=dict)
     fields: dict[str, FieldSpec]
     kinds: Kinds | None = None
+    listing: Listing = Field(default_factory=Listing)
 
     @model_validator(mode="after")
     def _known(self) -> Mapping:
@@ -121,6 +132,11 @@ class Mapping(BaseModel):
             raise ValueError(f"the kinds field {self.kinds.field!r} must not also be a field")
         if self.kinds and self.kinds.value_field not in self.fields:
             raise ValueError(f"the kinds value field {self.kinds.value_field!r} is not a field")
+        known = {p["name"] for p in search_parameters(self.resource)} | {"_id", "_lastUpdated"}
+        used = [*self.listing.filters.values(), *self.listing.sort.values(), self.listing.date]
+        unknown = sorted({p for p in used if p and p not in known})
+        if unknown:
+            raise ValueError(f"listing names unknown {self.resource} search parameters {unknown}")
         for name, field in self.fields.items():
             if field.type == "quantity" and field.unit is None and self.kinds is None:
                 raise ValueError(

@@ -211,3 +211,33 @@ async def match_ids(
     if not q.criteria:
         raise FhirError(400, "invalid", f"The condition {query_string!r} has no search criteria")
     return await query.match_ids(session, resource_type, q.criteria, limit=limit, restrict=restrict)
+
+
+async def find(
+    session: AsyncSession,
+    settings: Settings,
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    *,
+    offset: int,
+    limit: int,
+    restrict: Restrict | None = None,
+) -> tuple[list[str], int]:
+    """The stored JSON of matches `offset` to `offset + limit`, and how many match in all.
+
+    For callers inside the server (the /api lists) that page by number; FHIR clients page with
+    the cursors of `search`.
+    """
+    q = parse_query((resource_type,), pairs, base=settings.fhir_base, max_count=offset + limit)
+    page = await query.fetch_page(
+        session,
+        q.types,
+        q.criteria,
+        q.sort,
+        count=offset + limit,
+        position=None,
+        reverse=False,
+        restrict=restrict,
+    )
+    total = await query.count_matches(session, q.types, q.criteria, restrict=restrict)
+    return [row.content for row in page.rows[offset:]], total

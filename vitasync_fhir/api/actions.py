@@ -1,0 +1,253 @@
+"""The /api actions beyond CRUD: filling prescriptions, performing procedures, booking.
+
+Each changes FHIR resources through the same `Resources` (and so the same access checks and
+audit), and each races safely: a second fill or a double booking answers 409.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from vitasync_fhir.api.service import ApiResources, invalid, simple
+from vitasync_fhir.fhir.outcomes import FhirError
+from vitasync_fhir.fhir.search.service import find
+from vitasync_fhir.fhir.service import instant
+from vitasync_fhir.mapping.convert import FieldError, InvalidInput, _datetime
+from vitasync_fhir.notify.appointments import enqueue_appointment_email
+
+ACTIVE_APPOINTMENT = ("proposed", "pending", "booked", "arrived", "checked-in", "waitlist")
+CLOSED_PRESCRIPTION = ("cancelled", "stopped", "entered-in-error", "completed")
+
+
+def _now() -> str:
+    return instant(datetime.now(UTC))
+
+
+def _performer(api: ApiResources) -> dict | None:
+    who = api.access.caller.fhir_user if api.access.caller else None
+    return {"reference": who} if who and who.startswith("Practitioner/") else None
+
+
+async def _save_or_conflict(
+    api: ApiResources, resource_id: str, resource: dict, current, message: str
+):  # type: ignore[no-untyped-def]
+    try:
+        return await api.save(resource_id, resource, current)
+    except FhirError as error:
+        if error.status == 412:  # someone else changed it first
+            raise FhirError(409, "conflict", message) from None
+        raise
+
+
+async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> dict:
+    """Record a MedicationDispense and complete the MedicationRequest; 409 if it cannot be."""
+    current = await api.current(resource_id)
+    request = orjson.loads(current.content or "{}")
+    status = request.get("status")
+    if status in CLOSED_PRESCRIPTION or status != "active":
+        word = "already filled" if status == "completed" else f"{status}, not active"
+        raise FhirError(409, "conflict", f"This prescription is {word}")
+    quantity = body.get(
+        "quantity", request.get("dispenseRequest", {}).get("quantity", {}).get("value")
+    )
+    dispense: dict = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "authorizingPrescription": [{"reference": f"MedicationRequest/{resource_id}"}],
+        "subject": request.get("subject"),
+        "medicationCodeableConcept": request.get("medicationCodeableConcept", {"text": "unknown"}),
+        "whenHandedOver": _now(),
+    }
+    if isinstance(quantity, int | float) and not isinstance(quantity, bool):
+        dispense["quantity"] = {"value": quantity}
+    if body.get("notes"):
+        dispense["note"] = [{"text": str(body["notes"])}]
+    performer = _performer(api)
+    if performer:
+        dispense["performer"] = [{"actor": performer}]
+    saved = await api.resources.create("MedicationDispense", dispense)
+    request["status"] = "completed"
+    await _save_or_conflict(
+        api, resource_id, request, current, "This prescription was filled just now"
+    )
+    result = await api.get(resource_id)
+    result["dispense_id"] = saved.version.id
+    result["filled_at"] = dispense["whenHandedOver"]
+    return result
+
+
+async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> dict:
+    current = await api.current(resource_id)
+    procedure = orjson.loads(current.content or "{}")
+    if procedure.get("status") in ("completed", "entered-in-error", "not-done", "stopped"):
+        raise FhirError(409, "conflict", f"This procedure is already {procedure['status']}")
+    procedure["status"] = "completed"
+    procedure["performedDateTime"] = body.get("performed_at") or _now()
+    performer = _performer(api)
+    if performer:
+        procedure["performer"] = [{"actor": performer}]
+    await _save_or_conflict(
+        api, resource_id, procedure, current, "This procedure was performed just now"
+    )
+    return await api.get(resource_id)
+
+
+def _window(appointment: dict) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(appointment["start"])
+    end = datetime.fromisoformat(appointment["end"])
+    if end <= start:
+        raise invalid(InvalidInput([FieldError("end", "must be after start")]))
+    return start, end
+
+
+def _doctor(appointment: dict) -> str | None:
+    for participant in appointment.get("participant", []):
+        reference = participant.get("actor", {}).get("reference", "")
+        if reference.startswith("Practitioner/"):
+            return reference.split("/", 1)[1]
+    return None
+
+
+async def check_free(api: ApiResources, appointment: dict, *, ignore: str | None = None) -> None:
+    """409 when the doctor already has an active appointment overlapping this one."""
+    doctor = _doctor(appointment)
+    if doctor is None:
+        return
+    start, end = _window(appointment)
+    # Serialise bookings per doctor: the row lock on PostgreSQL, the one writer on SQLite.
+    await api.resources.store.current("Practitioner", doctor, for_update=True)
+    pairs = [
+        ("practitioner", f"Practitioner/{doctor}"),
+        ("status", ",".join(ACTIVE_APPOINTMENT)),
+        ("date", f"lt{end.isoformat()}"),
+        ("date", f"gt{(start - timedelta(days=1)).isoformat()}"),
+    ]
+    contents, _ = await find(api.session, api.settings, "Appointment", pairs, offset=0, limit=500)
+    for content in contents:
+        other = orjson.loads(content)
+        if other.get("id") == ignore or not other.get("end"):
+            continue
+        if (
+            datetime.fromisoformat(other["start"]) < end
+            and datetime.fromisoformat(other["end"]) > start
+        ):
+            raise FhirError(
+                409, "conflict", f"The doctor is booked from {other['start']} to {other['end']}"
+            )
+
+
+async def book(api: ApiResources, body: object) -> dict:
+    from vitasync_fhir.mapping.convert import to_fhir
+
+    try:
+        resource = to_fhir(api.mapping, body)
+    except InvalidInput as errors:
+        raise invalid(errors) from None
+    await check_free(api, resource)
+    saved = await api.resources.create("Appointment", resource)
+    stored = orjson.loads(saved.version.content or "{}")
+    await enqueue_appointment_email(api.session, kind="appointment-created", appointment=stored)
+    return simple(api.mapping, saved.version)
+
+
+async def reschedule(api: ApiResources, resource_id: str, body: dict) -> dict:
+    current = await api.current(resource_id)
+    previous = orjson.loads(current.content or "{}")
+    if previous.get("status") not in ACTIVE_APPOINTMENT:
+        raise FhirError(
+            409, "conflict", f"A {previous.get('status')} appointment cannot be rescheduled"
+        )
+    errors = []
+    for name in ("start", "end"):
+        try:
+            _datetime(body.get(name))
+        except ValueError as error:
+            errors.append(FieldError(name, str(error)))
+    if errors:
+        raise invalid(InvalidInput(errors))
+    changed = {**previous, "start": body["start"], "end": body["end"]}
+    await check_free(api, changed, ignore=resource_id)
+    saved = await _save_or_conflict(
+        api, resource_id, changed, current, "The appointment changed just now"
+    )
+    stored = orjson.loads(saved.version.content or "{}")
+    note = body.get("availability_note")
+    await enqueue_appointment_email(
+        api.session,
+        kind="appointment-rescheduled",
+        appointment=stored,
+        previous=previous,
+        availability_note=str(note) if note else None,
+    )
+    return simple(api.mapping, saved.version)
+
+
+async def cancel(api: ApiResources, resource_id: str, body: dict) -> dict:
+    current = await api.current(resource_id)
+    appointment = orjson.loads(current.content or "{}")
+    if appointment.get("status") == "cancelled":
+        raise FhirError(409, "conflict", "This appointment is already cancelled")
+    appointment["status"] = "cancelled"
+    reason = body.get("reason")
+    if reason:
+        appointment["cancelationReason"] = {"text": str(reason)}
+    saved = await _save_or_conflict(
+        api, resource_id, appointment, current, "The appointment changed just now"
+    )
+    stored = orjson.loads(saved.version.content or "{}")
+    refund = body.get("refund")
+    await enqueue_appointment_email(
+        api.session,
+        kind="appointment-cancelled",
+        appointment=stored,
+        refund=str(refund) if refund else None,
+    )
+    return simple(api.mapping, saved.version)
+
+
+LINKED = {"vitals": "Observation", "procedures": "Procedure", "prescriptions": "MedicationRequest"}
+
+
+async def linked(api: ApiResources, record_id: str, record: dict) -> dict[str, list[str]]:
+    """The ids of what the visit produced: vitals, procedures, vaccines and prescriptions."""
+    restrict = api.access.restriction()
+    found: dict[str, list[str]] = {}
+    for name, fhir_type in LINKED.items():
+        if not api.access.is_system and not _may_search(api, fhir_type):
+            continue
+        contents, _ = await find(
+            api.session,
+            api.settings,
+            fhir_type,
+            [("encounter", f"Encounter/{record_id}")],
+            offset=0,
+            limit=500,
+            restrict=restrict,
+        )
+        found[name] = [orjson.loads(c)["id"] for c in contents]
+    if record.get("patient_id") and (api.access.is_system or _may_search(api, "Immunization")):
+        # Immunization has no encounter search parameter in R4: filter the patient's own.
+        contents, _ = await find(
+            api.session,
+            api.settings,
+            "Immunization",
+            [("patient", f"Patient/{record['patient_id']}")],
+            offset=0,
+            limit=1000,
+            restrict=restrict,
+        )
+        target = f"Encounter/{record_id}"
+        found["vaccines"] = [
+            r["id"]
+            for r in map(orjson.loads, contents)
+            if r.get("encounter", {}).get("reference") == target
+        ]
+    return found
+
+
+def _may_search(api: ApiResources, fhir_type: str) -> bool:
+    from vitasync_fhir.auth import policy
+
+    return api.access.caller is not None and policy.allowed(api.access.caller, fhir_type, "search")

@@ -1,0 +1,173 @@
+"""The /api rules: simple JSON in and out through a mapping, FHIR resources underneath.
+
+Every read and write goes through `Resources` with the caller's `Access`, so the role policy of
+/fhir holds here too; lists go through the search engine with the same restriction.
+"""
+
+from __future__ import annotations
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.auth.access import Access
+from vitasync_fhir.config import Settings
+from vitasync_fhir.fhir.outcomes import FhirError, Issue
+from vitasync_fhir.fhir.search.service import find
+from vitasync_fhir.fhir.service import Resources, Saved
+from vitasync_fhir.fhir.store import Version
+from vitasync_fhir.mapping.convert import InvalidInput, from_fhir, to_fhir
+from vitasync_fhir.mapping.spec import Mapping
+
+MAX_PER_PAGE = 100
+LIST_PARAMS = {"page", "per_page", "sort", "from", "to"}
+
+
+def invalid(errors: InvalidInput) -> FhirError:
+    issues = [Issue("invalid", e.message, expression=e.field) for e in errors.errors]
+    return FhirError(422, "invalid", issues[0].diagnostics, issues=issues)
+
+
+def simple(mapping: Mapping, version: Version) -> dict:
+    assert version.content is not None
+    return from_fhir(mapping, orjson.loads(version.content))
+
+
+class ApiResources:
+    """One /api resource (a mapping) for one caller."""
+
+    def __init__(
+        self, mapping: Mapping, session: AsyncSession, access: Access, settings: Settings
+    ) -> None:
+        self.mapping = mapping
+        self.session = session
+        self.access = access
+        self.settings = settings
+        self.resources = Resources(session, access)
+
+    @property
+    def fhir_type(self) -> str:
+        return self.mapping.resource
+
+    async def list(self, query: dict[str, str]) -> dict:
+        page, per_page = _positive(query, "page", 1), _positive(query, "per_page", 20)
+        if per_page > MAX_PER_PAGE:
+            raise FhirError(
+                400, "invalid", f"per_page is at most {MAX_PER_PAGE}", expression="per_page"
+            )
+        pairs = self._search_pairs(query)
+        await self.access.require(self.fhir_type, "search")
+        contents, total = await find(
+            self.session,
+            self.settings,
+            self.fhir_type,
+            pairs,
+            offset=(page - 1) * per_page,
+            limit=per_page,
+            restrict=self.access.restriction(),
+        )
+        await self.access.audited(self.session, "search-type", self.fhir_type)
+        items = [from_fhir(self.mapping, orjson.loads(c)) for c in contents]
+        return {"items": items, "page": page, "per_page": per_page, "total": total}
+
+    def _search_pairs(self, query: dict[str, str]) -> list[tuple[str, str]]:
+        listing = self.mapping.listing
+        pairs: list[tuple[str, str]] = []
+        unknown = sorted(set(query) - set(listing.filters) - LIST_PARAMS)
+        if unknown:
+            raise FhirError(
+                400,
+                "invalid",
+                f"Unknown filter(s) {unknown}; use {sorted(listing.filters)}",
+                expression=unknown[0],
+            )
+        for name, value in query.items():
+            if name in listing.filters:
+                pairs.append((listing.filters[name], self._filter_value(name, value)))
+        for name, prefix in (("from", "ge"), ("to", "le")):
+            if name in query:
+                if not listing.date:
+                    raise FhirError(
+                        400,
+                        "invalid",
+                        f"{self.mapping.name} has no date to filter",
+                        expression=name,
+                    )
+                pairs.append((listing.date, f"{prefix}{query[name]}"))
+        sort = query.get("sort")
+        if sort:
+            keys = []
+            for key in sort.split(","):
+                field = key.lstrip("-")
+                if field not in listing.sort:
+                    raise FhirError(
+                        400,
+                        "invalid",
+                        f"Cannot sort by {field!r}; use {sorted(listing.sort)}",
+                        expression="sort",
+                    )
+                keys.append(("-" if key.startswith("-") else "") + listing.sort[field])
+            pairs.append(("_sort", ",".join(keys)))
+        return pairs
+
+    def _filter_value(self, name: str, value: str) -> str:
+        kinds = self.mapping.kinds
+        if kinds and name == kinds.field:
+            kind = kinds.values.get(value)
+            if kind is None:
+                raise FhirError(
+                    400, "invalid", f"{name} must be one of {sorted(kinds.values)}", expression=name
+                )
+            return f"{kind.system}|{kind.code}"
+        return value
+
+    async def get(self, resource_id: str) -> dict:
+        return simple(self.mapping, await self.current(resource_id))
+
+    async def current(self, resource_id: str) -> Version:
+        return await self.resources.read(self.fhir_type, resource_id)
+
+    async def create(self, body: object) -> dict:
+        try:
+            resource = to_fhir(self.mapping, body)
+        except InvalidInput as errors:
+            raise invalid(errors) from None
+        saved = await self.resources.create(self.fhir_type, resource)
+        return simple(self.mapping, saved.version)
+
+    async def update(self, resource_id: str, body: object, *, partial: bool = False) -> dict:
+        current = await self.current(resource_id)
+        existing = orjson.loads(current.content or "{}")
+        given = body if isinstance(body, dict) else {}
+        if partial:
+            given = {**from_fhir(self.mapping, existing), **given}
+        version = given.get("version")
+        if version is not None and str(version) != str(current.version_id):
+            raise FhirError(
+                409,
+                "conflict",
+                f"The record is at version {current.version_id}, not {version}; read it again",
+            )
+        try:
+            resource = to_fhir(self.mapping, given, existing=existing)
+        except InvalidInput as errors:
+            raise invalid(errors) from None
+        saved = await self.save(resource_id, resource, current)
+        return simple(self.mapping, saved.version)
+
+    async def save(self, resource_id: str, resource: dict, current: Version) -> Saved:
+        return await self.resources.update(
+            self.fhir_type, resource_id, resource, if_match=current.etag
+        )
+
+    async def delete(self, resource_id: str) -> None:
+        await self.current(resource_id)
+        await self.resources.delete(self.fhir_type, resource_id)
+
+
+def _positive(query: dict[str, str], name: str, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise FhirError(400, "invalid", f"{name} must be a whole number from 1", expression=name)
+    return int(value)
