@@ -37,17 +37,23 @@ def where(problems: list[Problem]) -> set[tuple[str, str]]:
 def test_valid_resources_have_no_problems():
     assert validate(patient()) == []
     assert validate(observation(valueQuantity={"value": 1.5, "unit": "mg"})) == []
-    assert validate(
-        patient(
-            id="p-1.a",
-            active=True,
-            gender="female",
-            birthDate="2020-02-29",
-            name=[{"family": "Doe", "given": ["Jean\u00a0Pierre", "Zoë"]}],
-            multipleBirthInteger=2,
-            text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+    assert (
+        validate(
+            patient(
+                id="p-1.a",
+                active=True,
+                gender="female",
+                birthDate="2020-02-29",
+                name=[{"family": "Doe", "given": ["Jean\u00a0Pierre", "Zoë"]}],
+                multipleBirthInteger=2,
+                text={
+                    "status": "generated",
+                    "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>',
+                },
+            )
         )
-    ) == []
+        == []
+    )
 
 
 # -- what the models let through --------------------------------------------------------------
@@ -69,8 +75,13 @@ def test_code_outside_its_required_value_set_is_rejected():
     [
         (observation(status="done"), "Observation.status"),
         (
-            {"resourceType": "MedicationRequest", "status": "active", "intent": "wish",
-             "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/1"}},
+            {
+                "resourceType": "MedicationRequest",
+                "status": "active",
+                "intent": "wish",
+                "medicationCodeableConcept": {"text": "x"},
+                "subject": {"reference": "Patient/1"},
+            },
             "MedicationRequest.intent",
         ),
         ({"resourceType": "Bundle", "type": "pile"}, "Bundle.type"),
@@ -92,14 +103,17 @@ def test_required_binding_of_a_codeable_concept_checks_only_the_bound_system():
         "clinicalStatus": {
             "coding": [
                 {"system": "http://example.org/local", "code": "whatever"},
-                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-                 "code": "bogus"},
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": "bogus",
+                },
             ]
         },
     }
     problem = only(validate(allergy))
     assert (problem.code, problem.expression) == (
-        "code-invalid", "AllergyIntolerance.clinicalStatus.coding[1].code",
+        "code-invalid",
+        "AllergyIntolerance.clinicalStatus.coding[1].code",
     )
 
 
@@ -182,8 +196,14 @@ def test_null_in_a_primitive_array_is_allowed_where_the_sibling_has_an_extension
 
 
 def test_primitive_with_only_an_extension_satisfies_a_required_element():
-    absent = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
-                             "valueCode": "unknown"}]}
+    absent = {
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                "valueCode": "unknown",
+            }
+        ]
+    }
     resource = {"resourceType": "Observation", "_status": absent, "code": {"text": "x"}}
     assert validate(resource) == []
 
@@ -225,8 +245,17 @@ def test_well_formed_references_are_accepted(reference):
 
 @pytest.mark.parametrize(
     "reference",
-    ["Patient/", "Patient", "Robot/1", "Patient?identifier=x", "Patient/1/_history/", "urn:uuid:x",
-     "#", "#a b", "ftp://example.org/Patient/1"],
+    [
+        "Patient/",
+        "Patient",
+        "Robot/1",
+        "Patient?identifier=x",
+        "Patient/1/_history/",
+        "urn:uuid:x",
+        "#",
+        "#a b",
+        "ftp://example.org/Patient/1",
+    ],
 )
 def test_malformed_references_are_rejected(reference):
     problems = validate(observation(subject={"reference": reference}))
@@ -245,16 +274,29 @@ def test_required_elements_are_reported():
 
 
 def test_required_choice_is_reported():
-    problem = only(validate({"resourceType": "MedicationRequest", "status": "active",
-                             "intent": "order", "subject": {"reference": "Patient/1"}}))
+    problem = only(
+        validate(
+            {
+                "resourceType": "MedicationRequest",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": "Patient/1"},
+            }
+        )
+    )
     assert (problem.code, problem.expression) == ("required", "MedicationRequest.medication")
 
 
 def test_simple_quantity_has_no_comparator():
     dose = {"doseAndRate": [{"doseQuantity": {"value": 1, "comparator": "<"}}]}
-    request = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-               "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/1"},
-               "dosageInstruction": [dose]}
+    request = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "x"},
+        "subject": {"reference": "Patient/1"},
+        "dosageInstruction": [dose],
+    }
     problem = only(validate(request))
     assert problem.expression == (
         "MedicationRequest.dosageInstruction[0].doseAndRate[0].doseQuantity.comparator"
@@ -276,8 +318,9 @@ def test_expected_type_must_match():
     assert validate(patient(), expected_type="Patient") == []
 
 
-@pytest.mark.parametrize("value", [[patient()], "Patient", None, 5, True, {}, {"id": "1"},
-                                   {"resourceType": 5}])
+@pytest.mark.parametrize(
+    "value", [[patient()], "Patient", None, 5, True, {}, {"id": "1"}, {"resourceType": 5}]
+)
 def test_anything_that_is_not_a_resource_gives_problems_not_exceptions(value):
     problem = only(validate(value))
     assert problem.code == "invalid"
@@ -300,8 +343,18 @@ def test_medplum_additions_to_meta_are_not_r4():
 
 
 def test_contained_resource_errors_carry_their_path():
-    problems = validate(patient(contained=[{"resourceType": "Observation", "status": "maybe",
-                                            "code": {"text": "x"}, "colour": "red"}]))
+    problems = validate(
+        patient(
+            contained=[
+                {
+                    "resourceType": "Observation",
+                    "status": "maybe",
+                    "code": {"text": "x"},
+                    "colour": "red",
+                }
+            ]
+        )
+    )
     assert where(problems) == {
         ("code-invalid", "Patient.contained[0].status"),
         ("structure", "Patient.contained[0].colour"),
@@ -315,13 +368,20 @@ def test_contained_resources_do_not_contain_resources():
 
 
 def test_bundle_entries_and_parameters_are_validated_as_resources():
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": patient(active="no"), "request": {"method": "POST", "url": "Patient"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient(active="no"), "request": {"method": "POST", "url": "Patient"}},
+        ],
+    }
     assert where(validate(bundle)) == {("value", "Bundle.entry[0].resource.active")}
-    parameters = {"resourceType": "Parameters", "parameter": [
-        {"name": "p", "resource": {"resourceType": "SubscriptionTopic"}},
-    ]}
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "p", "resource": {"resourceType": "SubscriptionTopic"}},
+        ],
+    }
     assert where(validate(parameters)) == {
         ("invalid", "Parameters.parameter[0].resource.resourceType"),
     }
@@ -375,8 +435,13 @@ def nest(depth: int, wrap) -> object:
         patient(extension=[nest(10_000, nested_extension)]),
         patient(unknown=nest(10_000, lambda inner: {"a": inner})),
         patient(gender=nest(10_000, lambda inner: [inner])),
-        nest(10_000, lambda inner: {"resourceType": "Parameters",
-                                    "parameter": [{"name": "p", "resource": inner or patient()}]}),
+        nest(
+            10_000,
+            lambda inner: {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "p", "resource": inner or patient()}],
+            },
+        ),
     ],
     ids=["extensions", "unknown-objects", "arrays-in-a-primitive", "parameters"],
 )
@@ -401,7 +466,14 @@ def test_table_is_plain_r4():
     table = json.loads(TABLE_PATH.read_text())
     assert table["fhirVersion"] == "4.0.1"
     assert set(table["types"]["Meta"]["elements"]) == {
-        "id", "extension", "versionId", "lastUpdated", "source", "profile", "security", "tag",
+        "id",
+        "extension",
+        "versionId",
+        "lastUpdated",
+        "source",
+        "profile",
+        "security",
+        "tag",
     }
     assert "url" not in table["types"]["Binary"]["elements"]
     assert "SubscriptionStatus" not in table["resources"]

@@ -73,7 +73,9 @@ def _input_model(mapping: Mapping) -> type[BaseModel]:
     return create_model(
         f"{mapping.name.title()}Input",
         __config__=ConfigDict(extra="forbid"),
+        id=(str | None, Field(default=None, description="Ignored: the id is in the URL")),
         version=(int | None, Field(default=None, description="The version you read; 409 if stale")),
+        last_updated=(str | None, Field(default=None, description="Ignored: set by the server")),
         **_fields(mapping),
     )
 

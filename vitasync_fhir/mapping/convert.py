@@ -97,6 +97,12 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
         for name in simple
         if name not in allowed
     ]
+    version = simple.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        errors.append(FieldError("version", "must be the whole version number you read"))
+    for name in ("id", "last_updated"):
+        if simple.get(name) is not None and not isinstance(simple[name], str):
+            errors.append(FieldError(name, "must be a string (it is set by the server)"))
     resource = copy.deepcopy(existing) if existing else {"resourceType": mapping.resource}
     for path, value in mapping.fixed.items():
         paths.put(resource, paths.parse(path), copy.deepcopy(value))

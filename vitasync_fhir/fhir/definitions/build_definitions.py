@@ -178,6 +178,7 @@ class Terminology:
             return {system: listed & codes.get(system, set())}
         return {system: listed}
 
+
 def _merge(into: dict[str, set[str]], part: dict[str, set[str]]) -> None:
     for system, codes in part.items():
         into.setdefault(system, set()).update(codes)
@@ -293,8 +294,7 @@ class TableBuilder:
             re.compile(regex)
         self.primitives[name] = {"json": kind, "regex": regex, "min": low, "max": high}
 
-    def add_structure(self, definition: Json, official: DataElements, *,
-                      is_resource: bool) -> None:
+    def add_structure(self, definition: Json, official: DataElements, *, is_resource: bool) -> None:
         root = definition["id"]
         kept, seen = {root}, set()
         for snapshot_element in definition["snapshot"]["element"][1:]:
@@ -368,8 +368,11 @@ def build(source: Path) -> Json:
         if d["resourceType"] == "StructureDefinition" and d["url"].startswith(SD_PREFIX)
     ]
     terminology = Terminology(
-        [r for name in ("valuesets.json", "v3-codesystems.json", "v2-tables.json")
-         for r in _entries(source / name)]
+        [
+            r
+            for name in ("valuesets.json", "v3-codesystems.json", "v2-tables.json")
+            for r in _entries(source / name)
+        ]
     )
     table = TableBuilder(terminology)
     official = DataElements(source / "dataelements.json", FhirpathModel())
