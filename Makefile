@@ -16,8 +16,8 @@ serve: install
 	$(BIN)/vitasync-fhir serve
 
 test: install
-	$(BIN)/ruff check vitasync_fhir tests benchmarks conformance
+	$(BIN)/ruff check vitasync_fhir tests benchmarks
 	$(BIN)/pytest -n 2 -q
 
 lint: install
-	$(BIN)/ruff check vitasync_fhir tests benchmarks conformance
+	$(BIN)/ruff check vitasync_fhir tests benchmarks

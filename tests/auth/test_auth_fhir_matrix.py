@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from vitasync_fhir.auth import policy
 from vitasync_fhir.auth.scopes import Scope
+from vitasync_fhir.fhir import validation
 
 
 def in_compartment(resource_type: str, pid: str) -> dict:
@@ -240,3 +241,35 @@ def test_denials_and_reads_are_audited(client, anonymous, signed_in, people):  #
     assert "0" in about[f"Observation/{mine}"]
     assert "4" in about[f"Observation/{theirs}"]
     assert anonymous.get("/fhir/AuditEvent", headers=me).status_code in (200, 403)
+
+
+def test_a_transaction_is_audited_in_a_few_valid_events(client, anonymous, signed_in, people):  # type: ignore[no-untyped-def]
+    doctor = signed_in(role="doctor")
+    entries = [
+        {
+            "resource": observation(patient_ref=f"Patient/{people['own']}"),
+            "request": {"method": "POST", "url": "Observation"},
+        }
+        for _ in range(5)
+    ]
+    answer = anonymous.post(
+        "/fhir",
+        json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+        headers={**doctor, **FHIR_JSON},
+    )
+    assert answer.status_code == 200, answer.text
+    created = {
+        e["response"]["location"].split("/_history")[0].split("/fhir/")[1]
+        for e in answer.json()["entry"]
+    }
+    events = [e["resource"] for e in client.get("/fhir/AuditEvent?_count=200").json()["entry"]]
+    creations = [
+        e
+        for e in events
+        if e["action"] == "C" and e["agent"][0].get("role") == [{"text": "doctor"}]
+    ]
+    assert len(creations) == 1
+    assert {x["what"]["reference"] for x in creations[0]["entity"]} == created
+    for event in events:
+        stored = {k: v for k, v in event.items() if k not in ("id", "meta")}
+        assert validation.validate(stored) == [], event

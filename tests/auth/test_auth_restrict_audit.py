@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from vitasync_fhir.auth import audit, policy
 from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.auth.scopes import Scope, parse
+from vitasync_fhir.fhir import validation
 from vitasync_fhir.fhir.tables import resources
 
 
@@ -80,6 +81,8 @@ def test_audit_events_are_valid_fhir(client: TestClient, run, settings) -> None:
         source_ip="203.0.113.9",
         description="outside the caller's compartment",
     )
+
+    assert validation.validate(allowed) == [] and validation.validate(denied) == []
 
     async def store(session):  # type: ignore[no-untyped-def]
         return [await audit.record(session, allowed), await audit.record(session, denied)]

@@ -231,10 +231,14 @@ class Resources:
     async def save(self, writes: list[Write]) -> None:
         """Store planned writes and audit each; VersionConflict when another writer won."""
         await self.store.write(writes)
+        by_action: dict[str, list[tuple[str, str]]] = {}
         for write in writes:
             v = write.version
             action = "delete" if v.deleted else ("create" if write.replaces is None else "update")
-            await self.access.audited(self.session, action, v.resource_type, v.id)
+            by_action.setdefault(action, []).append((v.resource_type, v.id))
+        for action, targets in by_action.items():
+            (first_type, first_id), *rest = targets
+            await self.access.audited(self.session, action, first_type, first_id, more=rest)
 
     # -- single interactions -----------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Load and scale measurements of VitaSync FHIR; run `python -m benchmarks.run --help`."""
