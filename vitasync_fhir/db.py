@@ -119,6 +119,11 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(callback)
 
 
+def after_end(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once the session's transaction has ended, committed or rolled back."""
+    session.info.setdefault("after_end", []).append(callback)
+
+
 class unit_of_work:  # noqa: N801 - used as a context manager, reads like a statement
     """Commit on success, roll back on any error, then run the after-commit callbacks."""
 
@@ -131,18 +136,23 @@ class unit_of_work:  # noqa: N801 - used as a context manager, reads like a stat
     async def __aexit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
         session = self.session
         callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
+        ending: list[AfterCommit] = session.info.pop("after_end", [])
         written = session.info.pop("written", False)
-        if exc_type is not None:
-            await session.rollback()
-            return
-        if written:
-            await session.commit()
-        else:
-            await session.rollback()
-        for callback in callbacks:
-            result = callback()
-            if result is not None:
-                await result
+        try:
+            if exc_type is None and written:
+                await session.commit()
+            else:
+                await session.rollback()
+                callbacks = [] if exc_type is not None else callbacks
+            for callback in callbacks:
+                result = callback()
+                if result is not None:
+                    await result
+        finally:
+            for callback in ending:
+                result = callback()
+                if result is not None:
+                    await result
 
 
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:

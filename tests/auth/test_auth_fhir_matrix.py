@@ -273,3 +273,38 @@ def test_a_transaction_is_audited_in_a_few_valid_events(client, anonymous, signe
     for event in events:
         stored = {k: v for k, v in event.items() if k not in ("id", "meta")}
         assert validation.validate(stored) == [], event
+
+
+def test_a_denial_after_the_request_wrote_is_still_audited(client, anonymous, signed_in, people):  # type: ignore[no-untyped-def]
+    """The denial is recorded after the request's own transaction ends (on SQLite a second writer
+    would otherwise wait behind it)."""
+    doctor = signed_in(role="doctor")
+    doomed = create(client, observation(patient_ref=f"Patient/{people['own']}"))["id"]
+    audit_event = {
+        "resourceType": "AuditEvent",
+        "type": {"code": "rest"},
+        "recorded": "2026-01-01T00:00:00Z",
+        "agent": [{"requestor": True}],
+        "source": {"observer": {"display": "forged"}},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "DELETE", "url": f"Observation/{doomed}"}},
+            {
+                "resource": audit_event,
+                "request": {"method": "POST", "url": "AuditEvent"},
+            },
+        ],
+    }
+    answer = anonymous.post("/fhir", json=bundle, headers={**doctor, **FHIR_JSON})
+    assert answer.status_code == 403, answer.text
+    assert client.get(f"/fhir/Observation/{doomed}").status_code == 200
+    events = [e["resource"] for e in client.get("/fhir/AuditEvent?_count=200").json()["entry"]]
+    denied = [
+        e
+        for e in events
+        if e["outcome"] == "4" and e["entity"][0]["type"]["code"] == "AuditEvent"
+    ]
+    assert len(denied) == 1

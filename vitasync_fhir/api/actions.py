@@ -43,6 +43,8 @@ async def _save_or_conflict(
 
 async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> dict:
     """Record a MedicationDispense and complete the MedicationRequest; 409 if it cannot be."""
+    await api.access.require("MedicationDispense", "create")
+    await api.access.require(api.fhir_type, "update", resource_id=resource_id)
     current = await api.current(resource_id)
     request = orjson.loads(current.content or "{}")
     status = request.get("status")
@@ -79,6 +81,7 @@ async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> 
 
 
 async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> dict:
+    await api.access.require(api.fhir_type, "update", resource_id=resource_id)
     current = await api.current(resource_id)
     procedure = orjson.loads(current.content or "{}")
     if procedure.get("status") in ("completed", "entered-in-error", "not-done", "stopped"):
@@ -153,6 +156,7 @@ async def book(api: ApiResources, body: object) -> dict:
 
 
 async def reschedule(api: ApiResources, resource_id: str, body: dict) -> dict:
+    await api.access.require(api.fhir_type, "update", resource_id=resource_id)
     current = await api.current(resource_id)
     previous = orjson.loads(current.content or "{}")
     if previous.get("status") not in ACTIVE_APPOINTMENT:
@@ -185,6 +189,7 @@ async def reschedule(api: ApiResources, resource_id: str, body: dict) -> dict:
 
 
 async def cancel(api: ApiResources, resource_id: str, body: dict) -> dict:
+    await api.access.require(api.fhir_type, "update", resource_id=resource_id)
     current = await api.current(resource_id)
     appointment = orjson.loads(current.content or "{}")
     if appointment.get("status") == "cancelled":

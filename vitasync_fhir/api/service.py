@@ -135,6 +135,7 @@ class ApiResources:
         return simple(self.mapping, saved.version)
 
     async def update(self, resource_id: str, body: object, *, partial: bool = False) -> dict:
+        await self.access.require(self.fhir_type, "update", resource_id=resource_id)
         current = await self.current(resource_id)
         existing = orjson.loads(current.content or "{}")
         given = body if isinstance(body, dict) else {}
@@ -160,6 +161,7 @@ class ApiResources:
         )
 
     async def delete(self, resource_id: str) -> None:
+        await self.access.require(self.fhir_type, "delete", resource_id=resource_id)
         await self.current(resource_id)
         await self.resources.delete(self.fhir_type, resource_id)
 

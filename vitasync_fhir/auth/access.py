@@ -23,7 +23,7 @@ from sqlalchemy.sql import FromClause
 from vitasync_fhir.auth import audit, policy
 from vitasync_fhir.auth.deps import CallerDep
 from vitasync_fhir.auth.policy import Caller
-from vitasync_fhir.db import Database
+from vitasync_fhir.db import Database, SessionDep, after_end
 from vitasync_fhir.fhir.outcomes import FhirError
 
 
@@ -34,19 +34,23 @@ class Access:
         *,
         source_ip: str | None = None,
         database: Database | None = None,
+        session: AsyncSession | None = None,
     ) -> None:
         self.caller = caller
         self.source_ip = source_ip
         self.database = database
+        self.session = session
 
     @classmethod
     def system(cls) -> Access:
         return cls(None)
 
     @classmethod
-    def of_request(cls, request: Request, caller: Caller) -> Access:
+    def of_request(
+        cls, request: Request, caller: Caller, session: AsyncSession | None = None
+    ) -> Access:
         host = request.client.host if request.client else None
-        return cls(caller, source_ip=host, database=request.app.state.db)
+        return cls(caller, source_ip=host, database=request.app.state.db, session=session)
 
     @property
     def is_system(self) -> bool:
@@ -171,7 +175,13 @@ class Access:
             outcome="denied",
             source_ip=self.source_ip,
         )
-        await audit.record_apart(self.database, event)
+        database = self.database
+        if self.session is None:
+            await audit.record_apart(database, event)
+            return
+        # After the request's transaction ends: it rolls back on the denial, and on SQLite a
+        # second writer would wait behind the request's own uncommitted writes.
+        after_end(self.session, lambda: audit.record_apart(database, event))
 
 
 def _patient_data(resource_type: str | None) -> bool:
@@ -187,8 +197,8 @@ def _patient_data(resource_type: str | None) -> bool:
 SYSTEM = Access.system()
 
 
-async def _request_access(request: Request, caller: CallerDep) -> Access:
-    return Access.of_request(request, caller)
+async def _request_access(request: Request, caller: CallerDep, session: SessionDep) -> Access:
+    return Access.of_request(request, caller, session)
 
 
 AccessDep = Annotated[Access, Depends(_request_access)]
