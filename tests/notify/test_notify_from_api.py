@@ -1,0 +1,78 @@
+"""From the API call to the SMTP server's inbox: sign-up and every appointment event, through the
+real queue (SQLite or Redis), a real consumer and aiosmtpd with STARTTLS, on both databases."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+from notify_helpers import SmtpServer, wait_until
+from support import BASE_URL, service_headers
+
+from vitasync_fhir.app import create_app
+from vitasync_fhir.config import Settings
+from vitasync_fhir.notify.worker import hosted
+
+
+def test_api_calls_deliver_their_emails_once(
+    settings: Settings, smtp: SmtpServer, queue_url: str | None
+) -> None:
+    config = smtp.settings(settings, redis_url=queue_url)
+    with hosted(config), TestClient(create_app(config), base_url=BASE_URL) as api:
+        api.headers.update(service_headers(config))
+        signed_up = api.post(
+            "/api/auth/register",
+            json={
+                "email": "nora@example.org",
+                "password": "correct horse battery",
+                "given": "Nora",
+                "family": "Field",
+            },
+        )
+        assert signed_up.status_code == 201, signed_up.text
+        patient = api.post(
+            "/api/patients",
+            json={"family_name": "Doe", "given_name": "Jane", "email": "jane@example.org"},
+        ).json()
+        doctor = api.post(
+            "/fhir/Practitioner",
+            json={
+                "resourceType": "Practitioner",
+                "name": [{"family": "Lovelace", "given": ["Ada"]}],
+                "telecom": [{"system": "phone", "value": "+1 555 0199"}],
+            },
+            headers={"Content-Type": "application/fhir+json"},
+        ).json()["id"]
+        slot = {
+            "patient_id": patient["id"],
+            "doctor_id": doctor,
+            "start": "2030-03-04T09:30:00Z",
+            "end": "2030-03-04T10:00:00Z",
+        }
+        booked = api.post("/api/appointments", json=slot).json()
+        api.post(
+            f"/api/appointments/{booked['id']}/reschedule",
+            json={"start": "2030-03-06T14:00:00Z", "end": "2030-03-06T14:30:00Z"},
+        )
+        api.post(
+            f"/api/appointments/{booked['id']}/cancel",
+            json={"reason": "Travel", "refund": "Your deposit is refunded."},
+        )
+        assert (
+            api.post("/api/appointments", json={**slot, "start": "bad"}).status_code == 422
+        )  # sends nothing
+        wait_until(lambda: len(smtp.inbox.received) >= 4, what="four e-mails")
+        time.sleep(1.5)  # room for a duplicate to show up, if one could
+    received = smtp.inbox.received
+    assert len(received) == 4 and len(smtp.inbox.by_message_id()) == 4
+    welcome = next(r for r in received if r.rcpt_tos == ["nora@example.org"])
+    assert "verify-email?token=" in welcome.text and "Nora" in welcome.text
+    jane = [r for r in received if r.rcpt_tos == ["jane@example.org"]]
+    assert [r.message["Subject"] for r in jane] == [
+        "Appointment confirmed: 4 Mar 2030 at 09:30",
+        "Appointment moved to 6 Mar 2030 at 14:00",
+        "Appointment cancelled: 6 Mar 2030 at 14:00",
+    ]
+    assert "Ada Lovelace" in jane[0].text and "+1 555 0199" in jane[0].text
+    assert "Your deposit is refunded." in jane[2].text
+    assert all(r.tls and r.authenticated for r in received)
