@@ -7,48 +7,24 @@ before the lead wires them into create_app.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
-from auth_helpers import BASE_URL, PASSWORD
-from fastapi import FastAPI
+from auth_helpers import PASSWORD
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.app import create_app
 from vitasync_fhir.auth import accounts, oauth
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database
 from vitasync_fhir.notify.tables import outbox
 
 
-@pytest.fixture(scope="session")
-def shared_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One signing key for the session: an RSA key per test would cost more than the test."""
-    return tmp_path_factory.mktemp("keys") / "signing.pem"
-
-
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, shared_key_file: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        base_url=BASE_URL,
-        data_dir=tmp_path / "var",
-        signing_key_file=shared_key_file,
-    )
-
-
-@pytest.fixture
-def app(settings: Settings) -> FastAPI:
-    return create_app(settings)
-
-
-@pytest.fixture
-def api(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, base_url=BASE_URL) as test_client:
-        yield test_client
+def api(anonymous: TestClient) -> TestClient:
+    """A client with no token: the auth tests sign in themselves."""
+    return anonymous
 
 
 @pytest.fixture
