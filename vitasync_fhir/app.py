@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from vitasync_fhir import __version__, errors
@@ -47,4 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.cors_origins:  # browser SMART apps on other origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"],
+        )
     return app

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     default_page_size: int = Field(default=20, description="_count when a search gives none")
     max_page_size: int = Field(default=1000, description="Largest _count honoured")
     history_page_size: int = Field(default=50, description="Entries per history page")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins (JSON list, e.g. ["https://app.example.org"]) allowed by CORS',
+    )
     db_pool_size: int = Field(default=10, description="Connections per worker (PostgreSQL)")
     db_statement_timeout_ms: int = Field(
         default=15000, description="PostgreSQL statement timeout; a timeout answers 503"

@@ -343,7 +343,29 @@ def test_capability_statement_reflects_routes(client):
         "search-type",
     } <= codes
     assert {"transaction", "batch", "history-system"} <= {i["code"] for i in rest["interaction"]}
+    assert rest["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    uris = {e["url"]: e["valueUri"] for e in rest["security"]["extension"][0]["extension"]}
+    assert uris["authorize"] == "http://testserver/oauth2/authorize"
+    assert uris["token"] == "http://testserver/oauth2/token"
+    assert rest["security"]["cors"] is False  # no CORS origins configured
     assert len(rest["resource"]) > 100
+
+
+def test_cors_answers_the_configured_origins(settings):
+    from fastapi.testclient import TestClient
+
+    from vitasync_fhir.app import create_app
+
+    configured = settings.model_copy(update={"cors_origins": ["https://app.example.org"]})
+    with TestClient(create_app(configured)) as browser:
+        asked = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "GET"}
+        allowed = browser.options("/fhir/Patient", headers=asked)
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example.org"
+        stranger = browser.options(
+            "/fhir/Patient", headers={**asked, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in stranger.headers
+        assert browser.get("/fhir/metadata").json()["rest"][0]["security"]["cors"] is True
 
 
 def test_conditional_create(client):

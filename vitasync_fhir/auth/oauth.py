@@ -756,7 +756,7 @@ def security_component(settings: Settings) -> dict:
     """CapabilityStatement.rest.security: the SMART service and its OAuth URIs."""
     urls = endpoints(settings)
     return {
-        "cors": True,
+        "cors": bool(settings.cors_origins),
         "service": [
             {
                 "coding": [
