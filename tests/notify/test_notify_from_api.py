@@ -1,5 +1,6 @@
-"""From the API call to the SMTP server's inbox: sign-up and every appointment event, through the
-real queue (SQLite or Redis), a real consumer and aiosmtpd with STARTTLS, on both databases."""
+"""From the API call to the SMTP server's inbox: sign-up, password reset and every appointment
+event, through the real queue (SQLite or Redis), a real consumer and aiosmtpd with STARTTLS, on
+both databases."""
 
 from __future__ import annotations
 
@@ -61,12 +62,16 @@ def test_api_calls_deliver_their_emails_once(
         assert (
             api.post("/api/appointments", json={**slot, "start": "bad"}).status_code == 422
         )  # sends nothing
-        wait_until(lambda: len(smtp.inbox.received) >= 4, what="four e-mails")
+        reset = api.post("/api/auth/password-reset", json={"email": "nora@example.org"})
+        assert reset.status_code == 202, reset.text
+        wait_until(lambda: len(smtp.inbox.received) >= 5, what="five e-mails")
         time.sleep(1.5)  # room for a duplicate to show up, if one could
     received = smtp.inbox.received
-    assert len(received) == 4 and len(smtp.inbox.by_message_id()) == 4
-    welcome = next(r for r in received if r.rcpt_tos == ["nora@example.org"])
-    assert "verify-email?token=" in welcome.text and "Nora" in welcome.text
+    assert len(received) == 5 and len(smtp.inbox.by_message_id()) == 5
+    nora = [r for r in received if r.rcpt_tos == ["nora@example.org"]]
+    welcome = next(r for r in nora if "verify-email?token=" in r.text)
+    assert "Nora" in welcome.text
+    assert any("token=" in r.text and r is not welcome for r in nora)  # the reset link
     jane = {r.message["Subject"]: r for r in received if r.rcpt_tos == ["jane@example.org"]}
     # Each message is its own task, so they may arrive in any order.
     confirmed = "Appointment confirmed: 4 Mar 2030 at 09:30"
