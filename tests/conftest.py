@@ -12,17 +12,16 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from support import (
     BASE_URL,
-    PG_SERVER,
     SYNTHEA,
     auth_headers,
+    create_postgres_database,
+    drop_postgres_database,
     empty_postgres,
-    pg_dsn,
     service_headers,
     unavailable,
 )
@@ -35,17 +34,10 @@ from vitasync_fhir.config import Settings
 @pytest.fixture(scope="session")
 def postgres_url(worker_id: str) -> Iterator[str]:
     name = f"vitasync_test_{worker_id}_{os.getpid()}"
-    try:
-        with psycopg.connect(pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as error:
-        unavailable(f"PostgreSQL is not reachable at {PG_SERVER}: {error}")
-    url = f"{PG_SERVER}/{name}"
+    url = create_postgres_database(name)
     migrations.upgrade(url)
     yield url
-    with psycopg.connect(pg_dsn("test"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_postgres_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
@@ -37,6 +38,22 @@ def unavailable(reason: str) -> None:
 def pg_dsn(database: str) -> str:
     """A libpq address (for psycopg directly) of a database on the test server."""
     return f"{PG_SERVER}/{database}".replace("postgresql+psycopg://", "postgresql://")
+
+
+def create_postgres_database(name: str) -> str:
+    """A new, empty database of this name on the test server (dropped first if it exists)."""
+    try:
+        with psycopg.connect(pg_dsn("test"), autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        unavailable(f"PostgreSQL is not reachable at {PG_SERVER}: {error}")
+    return f"{PG_SERVER}/{name}"
+
+
+def drop_postgres_database(name: str) -> None:
+    with psycopg.connect(pg_dsn("test"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 _engines: dict[str, Engine] = {}

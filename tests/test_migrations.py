@@ -1,16 +1,16 @@
-"""The alembic migrations build exactly the tables the code declares, and undo cleanly."""
+"""The alembic migrations build exactly the tables the code declares; each one undoes cleanly."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
-from support import PG_SERVER, unavailable
+from support import create_postgres_database, drop_postgres_database
 
 from vitasync_fhir import migrations
 from vitasync_fhir.db import sync_url
@@ -31,25 +31,31 @@ def empty_database(request, tmp_path, worker_id) -> Iterator[str]:  # type: igno
         yield f"sqlite:///{tmp_path / 'roundtrip.sqlite3'}"
         return
     name = f"vitasync_migrations_{worker_id}_{os.getpid()}"
-    admin = f"{PG_SERVER}/test".replace("postgresql+psycopg://", "postgresql://")
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as error:
-        unavailable(f"PostgreSQL is not reachable at {PG_SERVER}: {error}")
-    yield f"{PG_SERVER}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield create_postgres_database(name)
+    drop_postgres_database(name)
 
 
-def test_every_migration_is_reversible(empty_database):
-    url = empty_database
+def _tables(url: str) -> set[str]:
     engine = create_engine(sync_url(url))
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_each_migration_goes_down_and_up_again(empty_database):
+    url = empty_database
+    script = ScriptDirectory.from_config(migrations.alembic_config(url))
+    revisions = [r.revision for r in script.walk_revisions()]  # head first
     migrations.upgrade(url)
-    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
-    migrations.downgrade(url, "base")
-    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
-    migrations.upgrade(url)
-    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
-    engine.dispose()
+    assert set(metadata.tables) == _tables(url)
+    seen = [_tables(url)]
+    for below in [*revisions[1:], "base"]:
+        migrations.downgrade(url, below)
+        now = _tables(url)
+        assert now < seen[-1], f"downgrading to {below} removed no table"
+        seen.append(now)
+    assert seen[-1] == set()
+    for revision, tables in zip(reversed(revisions), reversed(seen[:-1]), strict=True):
+        migrations.upgrade(url, revision)
+        assert _tables(url) == tables, revision

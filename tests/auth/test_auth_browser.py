@@ -7,7 +7,6 @@ code at its redirect URI, exchanges it (with its PKCE verifier) and reads its Pa
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ import httpx
 import pytest
 import uvicorn
 from auth_helpers import PASSWORD, bearer, pkce, query_of
+from live import free_port
+from support import unavailable
 
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
@@ -35,26 +36,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def chromium() -> Path:
     if not CHROMIUM.exists():
-        reason = f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: required)")
-        pytest.skip(reason)
+        unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
     return CHROMIUM
 
 
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Uvicorn serving the app (auth routers mounted) on a free loopback port, in a thread."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     app = create_app(settings.model_copy(update={"base_url": base}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -78,7 +70,7 @@ def test_smart_app_launch_in_chromium(
     from playwright.sync_api import sync_playwright
 
     user = make_user(role="patient", email="browser.patient@example.org")
-    redirect_uri = f"http://127.0.0.1:{_free_port()}/callback"  # the app; nothing listens there
+    redirect_uri = f"http://127.0.0.1:{free_port()}/callback"  # the app; nothing listens there
     app = make_client(
         name="Growth Chart App",
         redirect_uris=[redirect_uri],

@@ -303,8 +303,6 @@ def test_a_denial_after_the_request_wrote_is_still_audited(client, anonymous, si
     assert client.get(f"/fhir/Observation/{doomed}").status_code == 200
     events = [e["resource"] for e in client.get("/fhir/AuditEvent?_count=200").json()["entry"]]
     denied = [
-        e
-        for e in events
-        if e["outcome"] == "4" and e["entity"][0]["type"]["code"] == "AuditEvent"
+        e for e in events if e["outcome"] == "4" and e["entity"][0]["type"]["code"] == "AuditEvent"
     ]
     assert len(denied) == 1

@@ -143,15 +143,7 @@ class Access:
         """
         if self.caller is None or not _patient_data(resource_type):
             return
-        event = audit.audit_event(
-            self.caller,
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            outcome="success",
-            source_ip=self.source_ip,
-            query=query,
-        )
+        event = self._event("success", action, resource_type, resource_id, query=query)
         extra = [
             {
                 "type": {"system": "http://hl7.org/fhir/resource-types", "code": t},
@@ -164,17 +156,29 @@ class Access:
             event.setdefault("entity", []).extend(extra)
         await audit.record(session, event)
 
-    async def _denied(self, resource_type: str, action: str, resource_id: str | None) -> None:
-        if self.database is None:
-            return
-        event = audit.audit_event(
+    def _event(
+        self,
+        outcome: str,
+        action: str,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        query: str | None = None,
+    ) -> dict:
+        return audit.audit_event(
             self.caller,
             action=action,
             resource_type=resource_type,
             resource_id=resource_id,
-            outcome="denied",
+            outcome=outcome,
             source_ip=self.source_ip,
+            query=query,
         )
+
+    async def _denied(self, resource_type: str, action: str, resource_id: str | None) -> None:
+        if self.database is None:
+            return
+        event = self._event("denied", action, resource_type, resource_id)
         database = self.database
         if self.session is None:
             await audit.record_apart(database, event)

@@ -6,20 +6,17 @@ compute what a search must find without asking the search engine.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-import pytest
 from fastapi.testclient import TestClient
+from support import create_postgres_database
 
 from vitasync_fhir import migrations
 
 BASE_URL = "http://testserver"
 FHIR = f"{BASE_URL}/fhir"
-PG_SERVER = os.environ.get("VITASYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 BUNDLES = (
     "practitionerInformation1559319163815.json",
     "hospitalInformation1559319163815.json",
@@ -193,16 +190,6 @@ def load_extras(loaded: Loaded) -> None:
 
 
 def postgres_database(worker: str, name: str) -> str:
-    database = f"vitasync_search_{worker}_{name}"[:63]
-    admin_dsn = f"{PG_SERVER}/test".replace("postgresql+psycopg://", "postgresql://")
-    try:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{database}"')
-    except psycopg.OperationalError as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER}: {error} (CI=true: required)")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {error}")
-    url = f"{PG_SERVER}/{database}"
+    url = create_postgres_database(f"vitasync_search_{worker}_{name}"[:63])
     migrations.upgrade(url)
     return url
