@@ -16,6 +16,7 @@ from vitasync_fhir.auth.routes import router as auth_router
 from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
+from vitasync_fhir.fhir import operations
 from vitasync_fhir.fhir.router import router as fhir_router
 from vitasync_fhir.fhir.search.routes import router as search_router
 from vitasync_fhir.limits import BodyLimit
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, tags=["Accounts"])
     for router in api_routers():
         app.include_router(router)
+    for router in operations.routers():  # before the REST routes: "$op" is not an id
+        app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
+    app.state.operations = operations.capability_entries()
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -1,0 +1,33 @@
+"""FHIR operations ($name), one module per operation.
+
+Each module listed in MODULES exposes `router` (an APIRouter mounted under /fhir before the plain
+REST routes, so `/Patient/$export` is not read as the id "$export") and `OPERATIONS`, the
+CapabilityStatement `rest.operation` entries it implements (name and definition canonical URL).
+Adding an operation is a module and a line here.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from types import ModuleType
+
+from fastapi import APIRouter
+
+MODULES: tuple[str, ...] = ()
+
+
+def modules() -> list[ModuleType]:
+    return [import_module(f"{__name__}.{name}") for name in MODULES]
+
+
+def routers() -> list[APIRouter]:
+    return [module.router for module in modules()]
+
+
+def capability_entries() -> list[dict]:
+    """`rest.operation` of the CapabilityStatement: every operation any module serves."""
+    entries: dict[str, dict] = {}
+    for module in modules():
+        for entry in module.OPERATIONS:
+            entries.setdefault(entry["name"], entry)
+    return [entries[name] for name in sorted(entries)]
