@@ -32,16 +32,18 @@ import orjson
 import psycopg
 
 from benchmarks import auth, ingest, loadgen, procs, pyspy, report
+from benchmarks import export as bulk_export
 from benchmarks.loadgen import Job
 from benchmarks.procs import CpuMeter, Postgres, Service, floor_server, memory_kib, migrate
 from benchmarks.procs import vitasync_server as start_vitasync
 
-COMMANDS = ("ingest", "read", "write", "floor", "all")
+COMMANDS = ("ingest", "read", "write", "floor", "export", "all")
 AUTH_SOURCES = {
     "admin sign-in": "an admin account made with `vitasync-fhir create-user`, signed in at "
                      "POST /api/auth/login",
     "--token": "given with --token",
 }
+EXPORT_TARGET = 20_000  # resources/s of a whole-system $export
 # Access tokens must outlive the run; the server is told so (VITASYNC_ACCESS_TOKEN_SECONDS).
 TOKEN_SECONDS_MARGIN = 600
 
@@ -103,7 +105,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "read": "read and vread by id at each concurrency, next to the floor app",
         "write": "create, update and the 70-entry transaction at each concurrency",
         "floor": "the floor app's read at each concurrency, and pgbench -S",
-        "all": "ingest, read (with the floor app), write and pgbench, in that order",
+        "export": "a whole-system Bulk Data $export of the ingested data; resources/s",
+        "all": "ingest, read (with the floor app), write, export and pgbench, in that order",
     }
     for name in COMMANDS:
         sub.add_parser(name, parents=[common], help=helps[name])
@@ -151,7 +154,8 @@ class Bench:
                 "read": [self.ensure_data, self.reads],
                 "write": [self.ensure_data, self.writes],
                 "floor": [self.ensure_data, self.floor_reads, self.pgbench],
-                "all": [self.ingest, self.reads, self.writes, self.pgbench],
+                "export": [self.ensure_data, self.export],
+                "all": [self.ingest, self.reads, self.writes, self.export, self.pgbench],
             }
             for step in steps[self.args.command]:
                 step()
@@ -420,6 +424,32 @@ class Bench:
         self.results["writes"] = recorded
         self.snapshot("after write")
 
+    # -- export ------------------------------------------------------------------------------
+
+    def export(self) -> None:
+        assert self.server is not None
+        self.settle()
+        print("whole-system $export ...", flush=True)
+        with CpuMeter(self.cpu_groups()) as meter:
+            result = asyncio.run(bulk_export.measure(self.server.base_url, self.token))
+        with psycopg.connect(self.pg.dsn(self.args.database)) as conn:
+            stored = conn.execute(
+                "SELECT count(*) FROM resources WHERE NOT deleted AND last_updated <= %s",
+                (result["transaction_time"],)).fetchone()[0]
+            job = result["status_url"].rsplit("/", 1)[1]
+            started, finished = conn.execute(
+                "SELECT started_at, finished_at FROM export_jobs WHERE id = %s", (job,)).fetchone()
+        job_seconds = (finished - started).total_seconds()
+        result.update(stored_resources=stored, cpu_cores=meter.cores, cpu_split=meter.split,
+                      job_seconds=round(job_seconds, 3),
+                      job_resources_per_s=round(result["resources"] / job_seconds, 1))
+        self.results["export"] = result
+        self.failed |= result["resources"] != stored or result["lines_downloaded"] != stored
+        print(f"  export: {result['resources']:,} resources in {result['export_seconds']} s = "
+              f"{result['resources_per_s']:,.0f} resources/s (store: {stored:,}); the job alone "
+              f"{result['job_seconds']} s = {result['job_resources_per_s']:,.0f}/s; download "
+              f"{result['download_resources_per_s']:,.0f} resources/s", flush=True)
+
     # -- pgbench -----------------------------------------------------------------------------
 
     def pgbench(self) -> None:
@@ -481,6 +511,16 @@ class Bench:
                             f"{i['failures']} failures); by CPU per resource at most "
                             f"{_ceiling(i):,.0f}/s with both cores",
                 "met": i["resources_per_s"] >= report.INGEST_TARGET and i["failures"] == 0,
+            })
+        e = self.results.get("export")
+        if e:
+            targets.append({
+                "target": f"whole-system $export ≥ {EXPORT_TARGET:,} resources/s",
+                "measured": f"{e['resources_per_s']:,.0f} resources/s ({e['resources']:,} "
+                            f"resources in {e['export_seconds']:,.1f} s; store held "
+                            f"{e['stored_resources']:,})",
+                "met": e["resources_per_s"] >= EXPORT_TARGET
+                and e["resources"] == e["stored_resources"],
             })
         self.results["targets"] = targets
 

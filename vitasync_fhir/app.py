@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from vitasync_fhir import __version__, errors
+from vitasync_fhir import __version__, errors, openapi
 from vitasync_fhir.api.routes import routers as api_routers
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
@@ -16,6 +16,8 @@ from vitasync_fhir.auth.routes import router as auth_router
 from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
+from vitasync_fhir.documents.pages import router as verify_router
+from vitasync_fhir.documents.router import router as documents_router
 from vitasync_fhir.fhir import operations
 from vitasync_fhir.fhir.router import router as fhir_router
 from vitasync_fhir.fhir.search.routes import router as search_router
@@ -46,11 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, tags=["Accounts"])
     for router in api_routers():
         app.include_router(router)
+    app.include_router(documents_router)
+    app.include_router(verify_router)
     for router in operations.routers():  # before the REST routes: "$op" is not an id
         app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
     app.state.operations = operations.capability_entries()
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
+    openapi.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # browser SMART apps on other origins
         app.add_middleware(

@@ -11,6 +11,7 @@ from vitasync_fhir import migrations
 from vitasync_fhir.auth.commands import create_client, create_user
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import is_sqlite
+from vitasync_fhir.importer.command import import_command
 from vitasync_fhir.notify import commands as notify_commands
 from vitasync_fhir.notify.worker import serving as notify_serving
 
@@ -71,6 +72,7 @@ cli.command("create-client")(create_client)
 cli.command("worker")(notify_commands.worker)
 cli.command("outbox-list")(notify_commands.outbox_list)
 cli.command("outbox-retry")(notify_commands.outbox_retry)
+cli.command("import")(import_command)
 
 
 def main() -> None:

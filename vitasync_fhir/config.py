@@ -116,6 +116,62 @@ class Settings(BaseSettings):
         default=24.0, description="Reminders go out this long before an appointment"
     )
 
+    # -- subscriptions (subscriptions/) ---------------------------------------------------------
+    subscription_max_attempts: int = Field(
+        default=6, description="Failed deliveries of one notification before the subscription errs"
+    )
+    subscription_backoff_seconds: float = Field(
+        default=15.0, description="First notification retry delay; doubles per attempt"
+    )
+    subscription_backoff_max_seconds: float = Field(
+        default=1800.0, description="Longest notification retry delay"
+    )
+    subscription_timeout_seconds: float = Field(
+        default=10.0, description="Seconds a subscriber's endpoint has to answer"
+    )
+
+    # -- prescription PDFs and QR codes (documents/) ----------------------------------------
+    documents_templates_dir: Path | None = Field(
+        default=None,
+        description="A clinic's prescription template folder (prescription.html), used first",
+    )
+    clinic_logo: Path | None = Field(
+        default=None, description="PNG, JPEG or SVG logo printed on prescriptions"
+    )
+    brand_color: str = Field(
+        default="#1f4e79",
+        pattern=r"^#[0-9A-Fa-f]{6}$",
+        description="Colour of headings and rules on prescriptions (#rrggbb)",
+    )
+    accent_color: str = Field(
+        default="#e8eef5",
+        pattern=r"^#[0-9A-Fa-f]{6}$",
+        description="Background of shaded boxes on prescriptions (#rrggbb)",
+    )
+    paper_size: str = Field(
+        default="A4",
+        pattern="^(A4|letter)$",
+        description="Prescription paper: A4 or letter (`?paper=` overrides per request)",
+    )
+    qr_link_seconds: int = Field(
+        default=90 * 24 * 3600, gt=0, description="Lifetime of the verification link in a QR code"
+    )
+    link_key_file: Path | None = Field(
+        default=None,
+        description="Secret signing QR verification links; default data_dir/keys/links.key",
+    )
+    document_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Memory for rendered PDFs per worker (0: none)"
+    )
+
+    # -- Bulk Data export (export/) ----------------------------------------------------------
+    export_expiry_seconds: int = Field(
+        default=24 * 3600, description="How long finished $export files are kept"
+    )
+    export_lease_seconds: float = Field(
+        default=300.0, description="How long an export worker may go silent before another resumes"
+    )
+
     @property
     def fhir_base(self) -> str:
         return self.base_url.rstrip("/") + "/fhir"

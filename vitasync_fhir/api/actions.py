@@ -42,7 +42,7 @@ async def _save_or_conflict(
 
 
 async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> dict:
-    """Record a MedicationDispense and complete the MedicationRequest; 409 if it cannot be."""
+    """Record a MedicationDispense (one fill); 409 when no fill remains or it is not active."""
     await api.access.require("MedicationDispense", "create")
     await api.access.require(api.fhir_type, "update", resource_id=resource_id)
     current = await api.current(resource_id)
@@ -69,11 +69,9 @@ async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> 
     performer = _performer(api)
     if performer:
         dispense["performer"] = [{"actor": performer}]
+    # The dispensing rule (pharmacy/dispensing.py) counts the fills under a lock on the
+    # prescription, refuses one too many, and completes the prescription on its last fill.
     saved = await api.resources.create("MedicationDispense", dispense)
-    request["status"] = "completed"
-    await _save_or_conflict(
-        api, resource_id, request, current, "This prescription was filled just now"
-    )
     result = await api.get(resource_id)
     result["dispense_id"] = saved.version.id
     result["filled_at"] = dispense["whenHandedOver"]

@@ -25,6 +25,7 @@ from vitasync_fhir.auth.deps import CallerDep
 from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.db import Database, SessionDep, after_end
 from vitasync_fhir.fhir.outcomes import FhirError
+from vitasync_fhir.subscriptions import ownership
 
 
 class Access:
@@ -79,10 +80,20 @@ class Access:
         """404 unless the caller may see this one resource (existence must not leak)."""
         if self.caller is None or content is None:
             return
-        if policy.may_touch(self.caller, resource_type, content, interaction):
+        if policy.may_touch(
+            self.caller, resource_type, content, interaction
+        ) and await self._owned(resource_type, resource_id):
             return
         await self._denied(resource_type, interaction, resource_id)
         raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
+
+    async def _owned(self, resource_type: str, resource_id: str) -> bool:
+        """Whether the caller owns this one, for types that belong to their creator."""
+        if resource_type not in ownership.OWNED or ownership.sees_all(self.caller):
+            return True
+        if self.session is None or self.caller is None:
+            return self.caller is None
+        return await ownership.owns(self.session, self.caller, resource_id)
 
     async def require_writable(self, resource_type: str, resource: dict, interaction: str) -> None:
         """403 unless the caller may write this content (e.g. into their own compartment only)."""
@@ -111,6 +122,9 @@ class Access:
                     limited.append(name)
                     patient = decision.patient_id
             wanted = set(types)
+            # Subscriptions and the like: only the caller's own, unless they see all.
+            owned = [] if ownership.sees_all(caller) else [n for n in free if n in ownership.OWNED]
+            free = [n for n in free if n not in owned]
             if set(free) == wanted:
                 return None
             parts = []
@@ -119,6 +133,10 @@ class Access:
             if limited and patient is not None:
                 parts.append(
                     and_(table.c.resource_type.in_(limited), policy.patient_clause(table, patient))
+                )
+            if owned:
+                parts.append(
+                    and_(table.c.resource_type.in_(owned), ownership.clause(table, caller))
                 )
             return or_(*parts) if parts else false()
 

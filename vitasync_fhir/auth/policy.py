@@ -155,6 +155,7 @@ POLICY: dict[str, dict[str, Rule]] = {
     "pharmacist": {
         **rows(("MedicationRequest",), "rus", ANY),  # u: mark a prescription filled
         **rows(("MedicationDispense",) + MEDICATION, "crus", ANY),
+        **rows(("Subscription",), "cruds", ANY),  # hear of new prescriptions (rest-hook)
         **rows(PATIENT, "rs", ANY),  # demographics needed to fill a prescription
         **rows(DIRECTORY + CONFORMANCE, "rs", ANY),
         **rows(VITALS + PROCEDURES + IMMUNIZATIONS + RECORDS + DIAGNOSES, "", NONE),

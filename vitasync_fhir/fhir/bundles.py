@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 
 import jsonpatch
 import orjson
@@ -22,7 +21,14 @@ from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
 from vitasync_fhir.fhir.search.service import match_ids
-from vitasync_fhir.fhir.service import Resources, check_resource, check_type, new_id, parse_etag
+from vitasync_fhir.fhir.service import (
+    Resources,
+    check_resource,
+    check_type,
+    instant,
+    new_id,
+    parse_etag,
+)
 from vitasync_fhir.fhir.store import Version, VersionConflict, Write
 
 PHASE = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -134,7 +140,8 @@ def _response(status: str, version: Version | None, base: str) -> dict:
     answer: dict = {"status": status}
     if version is not None:
         answer["etag"] = version.etag
-        answer["lastModified"] = format_datetime(version.last_updated, usegmt=True)
+        # Bundle.entry.response.lastModified is a FHIR instant, not an HTTP date.
+        answer["lastModified"] = instant(version.last_updated)
         if not version.deleted:
             answer["location"] = (
                 f"{base}/{version.resource_type}/{version.id}/_history/{version.version_id}"

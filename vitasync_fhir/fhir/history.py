@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from email.utils import format_datetime
 from urllib.parse import urlencode
 
 from fastapi import Request
@@ -13,6 +12,7 @@ from vitasync_fhir.auth.access import Access
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
+from vitasync_fhir.fhir.service import instant
 from vitasync_fhir.fhir.store import Store, Version
 
 _METHOD_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
@@ -55,7 +55,7 @@ def _entry(base: str, version: Version) -> str:
         response={
             "status": _METHOD_STATUS.get(method, "200 OK"),
             "etag": version.etag,
-            "lastModified": format_datetime(version.last_updated, usegmt=True),
+            "lastModified": instant(version.last_updated),  # a FHIR instant
         },
     )
 

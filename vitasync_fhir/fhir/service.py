@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import SYSTEM, Access
-from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir import outcomes, rules
 from vitasync_fhir.fhir.models import is_resource_type
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.service import match_ids
@@ -230,7 +230,9 @@ class Resources:
 
     async def save(self, writes: list[Write]) -> None:
         """Store planned writes and audit each; VersionConflict when another writer won."""
+        writes = await rules.before_store(self, writes)  # domain rules: fhir/rules.py
         await self.store.write(writes)
+        await rules.after_store(self, writes)
         by_action: dict[str, list[tuple[str, str]]] = {}
         for write in writes:
             v = write.version

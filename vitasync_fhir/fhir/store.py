@@ -92,6 +92,20 @@ class Store:
         row = (await self.session.execute(query)).first()
         return _version(row) if row else None
 
+    async def lock(self, resource_type: str, resource_id: str) -> Version | None:
+        """The current version, with other writers of it held off until this transaction ends.
+
+        PostgreSQL locks the row. SQLite has no row locks: a no-op write takes its one write lock
+        first, so what this transaction reads next is the latest committed state.
+        """
+        if self._dialect == "sqlite":
+            await self.session.execute(
+                update(resources)
+                .where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
+                .values(version_id=resources.c.version_id)
+            )
+        return await self.current(resource_type, resource_id, for_update=True)
+
     async def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Version]:
         if not keys:
             return {}
@@ -100,6 +114,18 @@ class Store:
         )
         rows = (await self.session.execute(query)).all()
         return {(r.resource_type, r.id): _version(r) for r in rows}
+
+    async def types_with_id(self, resource_id: str, types: Sequence[str]) -> list[str]:
+        """The types among `types` that have a current, undeleted resource with this id."""
+        if not types:
+            return []
+        # resource_type IN (...) AND id = ?: the primary key (type, id) serves it.
+        query = select(resources.c.resource_type).where(
+            resources.c.resource_type.in_(list(types)),
+            resources.c.id == resource_id,
+            resources.c.deleted.is_(False),
+        )
+        return sorted((await self.session.execute(query)).scalars())
 
     async def version(
         self, resource_type: str, resource_id: str, version_id: int

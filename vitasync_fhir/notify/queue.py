@@ -89,6 +89,12 @@ def queue_for(settings: Settings) -> Queue:
         from vitasync_fhir.notify import tasks  # the tasks module needs this one: import late
 
         tasks.install(queue)
+        from vitasync_fhir.export import tasks as export_tasks
+
+        export_tasks.install(queue)
+        from vitasync_fhir.subscriptions import tasks as subscription_tasks
+
+        subscription_tasks.install(queue)
         _queues[key] = queue
         return queue
 

@@ -38,6 +38,12 @@ def relay_at_start(queue: Queue) -> None:
         relay_pending(queue)
     except Exception as error:
         log.warning("start-up relay of the e-mail outbox failed: %s", error)
+    try:
+        from vitasync_fhir.subscriptions.tasks import relay_due
+
+        relay_due(queue)
+    except Exception as error:
+        log.warning("start-up relay of subscription notifications failed: %s", error)
 
 
 def run(settings: Settings, *, workers: int = 2) -> None:

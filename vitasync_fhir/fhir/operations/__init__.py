@@ -13,7 +13,7 @@ from types import ModuleType
 
 from fastapi import APIRouter
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("everything", "export", "validate", "print")
 
 
 def modules() -> list[ModuleType]:

@@ -1,0 +1,1 @@
+"""The conformance suite: `python -m conformance` (see README.md)."""

@@ -1,0 +1,328 @@
+"""Bulk Data $export end to end: kick-off, poll, manifest, download, against the store, with a real
+Huey consumer (the embedded SQLite queue, in threads of this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from factories import create
+from fastapi.testclient import TestClient
+from operations_support import (
+    ASYNC,
+    SYSTOLIC,
+    download,
+    exported,
+    keys,
+    kick_off,
+    populate,
+    search_ids,
+    wait_manifest,
+)
+from support import BASE_URL, service_headers
+
+from vitasync_fhir.app import create_app
+from vitasync_fhir.config import Settings
+from vitasync_fhir.db import Database
+from vitasync_fhir.export import runner, tasks
+from vitasync_fhir.notify import queue as queue_module
+from vitasync_fhir.notify.worker import hosted
+
+TYPES = "Patient,Observation,Encounter,Condition,Practitioner,Organization"
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[None]:
+    with hosted(settings):
+        yield
+    queue_module.forget(settings)
+
+
+def _exports(settings: Settings) -> Path:
+    return settings.data_dir / "exports"
+
+
+def _same_as_store(client: TestClient, lines_by_type: dict[str, list[str]]) -> None:
+    """Each line is exactly the stored JSON a read serves."""
+    for resource_type, lines in lines_by_type.items():
+        for line in lines:
+            rid = line.split('"id":"', 1)[1].split('"', 1)[0]
+            assert client.get(f"/fhir/{resource_type}/{rid}").text == line
+
+
+def test_system_export_is_the_store(client: TestClient, settings: Settings, worker: None) -> None:
+    people = populate(client)
+    status_url = kick_off(
+        client, f"/fhir/$export?_type={TYPES}&_outputFormat=application/fhir%2Bndjson"
+    )
+    assert status_url.startswith(f"{BASE_URL}/fhir/")
+    manifest = wait_manifest(client, status_url)
+    assert (
+        manifest["request"]
+        == f"{BASE_URL}/fhir/$export?_type={TYPES}&_outputFormat=application/fhir%2Bndjson"
+    )
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["error"] == []
+    assert datetime.fromisoformat(manifest["transactionTime"].replace("Z", "+00:00"))
+    files = exported(client, manifest)
+    expected = set().union(*(search_ids(client, t) for t in TYPES.split(",")))
+    assert keys(files) == expected
+    assert ("Practitioner", people.practitioner) in expected
+    _same_as_store(client, files)
+
+
+def test_since_and_type_filter(client: TestClient, settings: Settings, worker: None) -> None:
+    people = populate(client, patients=2)
+    time.sleep(0.01)
+    mark = datetime.now().astimezone()
+    late = create(
+        client,
+        {"resourceType": "Condition", "subject": {"reference": f"Patient/{people.patients[0]}"}},
+    )["id"]
+    stamp = mark.isoformat().replace("+", "%2B")
+    since_url = kick_off(client, f"/fhir/$export?_type=Condition,Patient&_since={stamp}")
+    since = exported(client, wait_manifest(client, since_url))
+    assert keys(since) == {("Condition", late)}
+    systolic = f"Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C{SYSTOLIC}"
+    status = kick_off(client, f"/fhir/$export?_type=Observation,Patient&_typeFilter={systolic}")
+    files = exported(client, wait_manifest(client, status))
+    expected = {k for pid in people.patients for k in people.records[pid] if k[0] == "Observation"}
+    codes = {
+        (t, i): client.get(f"/fhir/{t}/{i}").json()["code"]["coding"][0]["code"]
+        for t, i in expected
+    }
+    assert {k for k in keys(files) if k[0] == "Observation"} == {
+        k for k in expected if codes[k] == SYSTOLIC
+    }
+    assert {k for k in keys(files) if k[0] == "Patient"} == search_ids(client, "Patient")
+    # two filters on one type: either matches
+    heart = "Observation%3Fcode%3D8867-4"
+    both = kick_off(client, f"/fhir/$export?_type=Observation&_typeFilter={systolic},{heart}")
+    assert keys(exported(client, wait_manifest(client, both))) == expected
+
+
+def test_patient_and_group_export(client: TestClient, settings: Settings, worker: None) -> None:
+    people = populate(client, patients=3)
+    everyone = set().union(*people.records.values())
+    files = exported(client, wait_manifest(client, kick_off(client, "/fhir/Patient/$export")))
+    assert keys(files) == everyone  # compartments only: no Practitioner, Organization
+    _same_as_store(client, files)
+    members = people.patients[:2]
+    group = create(
+        client,
+        {
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [{"entity": {"reference": f"Patient/{pid}"}} for pid in members]
+            + [{"entity": {"reference": f"Patient/{people.patients[2]}"}, "inactive": True}],
+        },
+    )["id"]
+    status = kick_off(client, f"/fhir/Group/{group}/$export")
+    cohort = exported(client, wait_manifest(client, status))
+    # the Group is in its members' compartments too (Group.member)
+    expected = people.records[members[0]] | people.records[members[1]] | {("Group", group)}
+    assert keys(cohort) == expected
+    typed = kick_off(client, f"/fhir/Group/{group}/$export?_type=Condition")
+    assert keys(exported(client, wait_manifest(client, typed))) == {
+        k for pid in members for k in people.records[pid] if k[0] == "Condition"
+    }
+    assert client.get("/fhir/Group/nope/$export", headers=ASYNC).status_code == 404
+
+
+def test_kickoff_errors(client: TestClient, anonymous: TestClient, worker: None) -> None:
+    no_async = client.get("/fhir/$export")
+    assert no_async.status_code == 400
+    assert no_async.json()["issue"][0]["code"] == "invalid"
+    for query, expression in [
+        ("_outputFormat=text/csv", "_outputFormat"),
+        ("_type=Nope", "_type"),
+        ("_since=yesterday", "_since"),
+        ("_elements=id", "_elements"),
+        ("_typeFilter=Observation%3Fnope%3D1", "_typeFilter"),
+        ("_typeFilter=nonsense", "_typeFilter"),
+        ("_typeFilter=Observation%3F_count%3D1", "_typeFilter"),
+    ]:
+        answer = client.get(f"/fhir/$export?{query}", headers=ASYNC)
+        assert answer.status_code == 400, query
+        assert answer.json()["issue"][0]["expression"] == [expression], query
+    assert client.get("/fhir/$export", headers={**ASYNC, "Accept": "text/csv"}).status_code == 406
+    assert anonymous.get("/fhir/$export", headers=ASYNC).status_code == 401
+    assert client.get("/fhir/_export/unknown").status_code == 404
+    assert client.delete("/fhir/_export/unknown").status_code == 404
+    # lenient: the unsupported parameter is ignored and reported in error[]
+    status = kick_off(
+        client, "/fhir/$export?_type=Patient&_elements=id", Prefer="respond-async, handling=lenient"
+    )
+    manifest = wait_manifest(client, status)
+    assert manifest["output"] == []
+    assert [e["type"] for e in manifest["error"]] == ["OperationOutcome"]
+    outcome = download(client, manifest["error"][0]["url"])
+    assert "_elements" in outcome[0] and '"severity":"warning"' in outcome[0]
+
+
+def test_role_policy_limits_the_export(
+    client: TestClient,
+    settings: Settings,
+    signed_in,
+    worker: None,  # type: ignore[no-untyped-def]
+) -> None:
+    people = populate(client, patients=2)
+    mine = people.patients[0]
+    dispense = create(
+        client,
+        {
+            "resourceType": "MedicationDispense",
+            "status": "completed",
+            "medicationCodeableConcept": {"text": "Aspirin"},
+            "subject": {"reference": f"Patient/{mine}"},
+        },
+    )["id"]
+    own = signed_in(role="patient", patient_id=mine)
+    assert client.get("/fhir/$export", headers={**ASYNC, **own}).status_code == 403
+    status = kick_off(client, "/fhir/Patient/$export", **own)
+    files = exported(client, wait_manifest(client, status, **own), **own)
+    assert keys(files) == people.records[mine] | {("MedicationDispense", dispense)}
+    # another caller cannot see that job or its files
+    other = signed_in(role="patient", patient_id=people.patients[1])
+    assert client.get(status, headers=other).status_code == 404
+    nurse = service_headers(settings, role="nurse")
+    denied = client.get("/fhir/$export?_type=MedicationDispense", headers={**ASYNC, **nurse})
+    assert denied.status_code == 403
+    assert denied.json()["issue"][0]["code"] == "forbidden"
+    status = kick_off(client, "/fhir/$export", **nurse)
+    files = exported(client, wait_manifest(client, status, **nurse), **nurse)
+    assert "MedicationDispense" not in files and "AuditEvent" not in files
+    assert keys({"Observation": files["Observation"]}) == search_ids(client, "Observation")
+    url = next(o["url"] for o in wait_manifest(client, status, **nurse)["output"])
+    assert client.get(url, headers=own).status_code == 404
+    assert client.get(url).status_code == 200  # an admin may (policy-equivalent)
+
+
+def test_delete_cancels_and_removes_files(
+    client: TestClient, settings: Settings, worker: None
+) -> None:
+    populate(client, patients=1)
+    status = kick_off(client, "/fhir/$export?_type=Patient,Observation")
+    manifest = wait_manifest(client, status)
+    job = status.rsplit("/", 1)[1]
+    assert (_exports(settings) / job / "Observation.ndjson").is_file()
+    answer = client.delete(status)
+    assert answer.status_code == 202
+    assert client.get(status).status_code == 404
+    assert client.get(manifest["output"][0]["url"]).status_code == 404
+    assert not (_exports(settings) / job).exists()
+    assert client.delete(status).status_code == 404
+
+
+def test_cancel_while_queued_means_it_never_runs(client: TestClient, settings: Settings) -> None:
+    populate(client, patients=1)
+    status = kick_off(client, "/fhir/$export")  # no worker running
+    job = status.rsplit("/", 1)[1]
+    assert client.get(status).status_code == 202
+    assert client.delete(status).status_code == 202
+    assert asyncio.run(runner.run(settings, job)) is None
+    assert not (_exports(settings) / job).exists()
+    queue_module.forget(settings)
+
+
+def test_files_expire(database_url: str, tmp_path: Path, shared_key_file: Path) -> None:
+    config = Settings(
+        database_url=database_url,
+        base_url=BASE_URL,
+        data_dir=tmp_path / "var",
+        signing_key_file=shared_key_file,
+        export_expiry_seconds=2,
+    )
+    with TestClient(create_app(config), base_url=BASE_URL) as client, hosted(config):
+        client.headers.update(service_headers(config))
+        populate(client, patients=1)
+        status = kick_off(client, "/fhir/$export?_type=Patient")
+        manifest = wait_manifest(client, status)
+        job = status.rsplit("/", 1)[1]
+        assert (config.data_dir / "exports" / job / "Patient.ndjson").is_file()
+        time.sleep(2.2)
+        assert client.get(status).status_code == 404
+        assert client.get(manifest["output"][0]["url"]).status_code == 404
+        assert asyncio.run(tasks.sweep(config))[0] == 1
+        assert not (config.data_dir / "exports" / job).exists()
+    queue_module.forget(config)
+
+
+def test_runs_once_and_resumes_after_a_crash(client: TestClient, settings: Settings) -> None:
+    populate(client, patients=1)
+    status = kick_off(client, "/fhir/$export?_type=Patient,Observation")
+    job = status.rsplit("/", 1)[1]
+
+    async def claims() -> tuple[str | None, str | None]:
+        database = Database(settings)
+        try:
+            return await runner.claim(database, job), await runner.claim(database, job)
+        finally:
+            await database.dispose()
+
+    first, second = asyncio.run(claims())
+    assert first is not None and second is None  # one worker wins the job
+    # The winner "crashes": nothing runs it until its lease lapses, then the sweep hands it over.
+    assert asyncio.run(runner.run(settings, job)) is None
+    assert client.get(status).status_code == 202
+    database = Database(settings)
+
+    async def lapse() -> None:
+        from sqlalchemy import update
+
+        from vitasync_fhir.export.tables import export_jobs
+
+        async with database.engine.begin() as conn:
+            await conn.execute(
+                update(export_jobs)
+                .where(export_jobs.c.id == job)
+                .values(lease_until=datetime.now().astimezone() - timedelta(seconds=1))
+            )
+        await database.dispose()
+
+    asyncio.run(lapse())
+    assert asyncio.run(tasks.sweep(settings)) == (0, 1)  # queued again; a consumer runs it
+    with hosted(settings):
+        manifest = wait_manifest(client, status)
+    assert {o["type"] for o in manifest["output"]} == {"Patient", "Observation"}
+    queue_module.forget(settings)
+
+
+def test_a_job_whose_workers_keep_dying_fails_visibly(
+    client: TestClient, settings: Settings
+) -> None:
+    status = kick_off(client, "/fhir/$export?_type=Patient")
+    job = status.rsplit("/", 1)[1]
+
+    async def crashed_every_time() -> None:
+        from sqlalchemy import update
+
+        from vitasync_fhir.export.tables import RUNNING, export_jobs
+
+        database = Database(settings)
+        async with database.engine.begin() as conn:
+            await conn.execute(
+                update(export_jobs)
+                .where(export_jobs.c.id == job)
+                .values(
+                    status=RUNNING,
+                    attempts=runner.MAX_ATTEMPTS,
+                    claim="dead",
+                    lease_until=datetime.now().astimezone() - timedelta(seconds=1),
+                )
+            )
+        await database.dispose()
+
+    asyncio.run(crashed_every_time())
+    assert asyncio.run(tasks.sweep(settings)) == (0, 1)
+    manifest = wait_manifest(client, status, timeout=5)
+    assert manifest["output"] == []
+    assert [e["type"] for e in manifest["error"]] == ["OperationOutcome"]
+    outcome = download(client, manifest["error"][0]["url"])
+    assert '"code":"exception"' in outcome[0]
+    queue_module.forget(settings)

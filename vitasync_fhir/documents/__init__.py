@@ -1,0 +1,1 @@
+"""Prescription PDFs (WeasyPrint), QR codes and the signed links they encode."""

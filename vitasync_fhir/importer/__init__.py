@@ -1,0 +1,1 @@
+"""`vitasync-fhir import`: Bundles and NDJSON loaded through the FHIR transaction path."""

@@ -1,0 +1,1 @@
+"""Prescriptions at the pharmacy: the MedicationRequest lifecycle and repeat dispensing."""

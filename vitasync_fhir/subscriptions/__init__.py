@@ -1,0 +1,1 @@
+"""FHIR R4 Subscriptions (rest-hook): registration, matching writes, delivering notifications."""

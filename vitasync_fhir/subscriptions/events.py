@@ -1,0 +1,245 @@
+"""From a committed write to the notifications it owes (the write observer of fhir/rules.py).
+
+Runs inside the write's transaction, after the new versions and their index rows are stored, so
+matching sees exactly the version written, and the notification rows commit or roll back with the
+change itself: a committed change is never left unnotified (Redis down, worker dead), a rolled-back
+one is never announced. Each match is checked with the search engine under the SUBSCRIBER's access
+(their role and scopes as they are now), so no one hears of what they may not read.
+
+Each notification takes the next number of its subscription's sequence (`last_seq`, incremented
+under the subscription row's lock), so the order of the sequence is the order of the commits, and
+the deliverer sends them in that order. After the commit the subscription is handed to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vitasync_fhir.auth.access import Access
+from vitasync_fhir.auth.deps import caller_for_claims
+from vitasync_fhir.auth.policy import Caller
+from vitasync_fhir.config import Settings
+from vitasync_fhir.db import after_commit, mark_written
+from vitasync_fhir.fhir.search.service import match_ids
+from vitasync_fhir.fhir.store import Write
+from vitasync_fhir.notify.outbox import now_utc
+from vitasync_fhir.subscriptions import ownership, registration
+from vitasync_fhir.subscriptions.tables import (
+    ACTIVE,
+    DROPPED,
+    EVENT,
+    HANDSHAKE,
+    PENDING,
+    REQUESTED,
+    subscription_deliveries,
+    subscriptions,
+)
+
+if TYPE_CHECKING:
+    from vitasync_fhir.fhir.service import Resources
+
+log = logging.getLogger(__name__)
+
+# Written by the server only and never worth a notification (and auditing them would recurse).
+UNWATCHED = frozenset({"AuditEvent"})
+
+
+async def record_matches(resources: Resources, writes: Sequence[Write]) -> None:
+    owed: set[str] = set()
+    for write in writes:
+        if write.version.resource_type == "Subscription":
+            owed |= await _register(resources, write)
+    owed |= await _match(resources, writes)
+    if owed:
+        _hand_over_after_commit(resources.session, sorted(owed))
+
+
+# -- the subscriptions table, kept in step with the Subscription resources ----------------------
+
+
+def owner_claims(caller: Caller | None) -> dict | None:
+    """What identifies the subscriber later: the claims of a token they could be issued again."""
+    if caller is None:
+        return None
+    return {
+        "sub": caller.user_id or caller.client_id,
+        "client_id": caller.client_id,
+        "scope": " ".join(str(s) for s in caller.scopes),
+        "patient": caller.patient_id,
+        "iat_ms": int(time.time() * 1000),
+    }
+
+
+async def _register(resources: Resources, write: Write) -> set[str]:
+    """Mirror one Subscription write; the ids now owed a delivery run (a handshake)."""
+    session, sid = resources.session, write.version.id
+    row = (await session.execute(select(subscriptions).where(subscriptions.c.id == sid))).first()
+    resource = write.resource
+    if resource is None:  # deleted: nothing more is sent; the id may be used anew
+        if row is not None:
+            await _drop_pending(session, sid, "the subscription was deleted")
+            await session.execute(delete(subscriptions).where(subscriptions.c.id == sid))
+        return set()
+    channel = resource.get("channel") or {}
+    resource_type, _ = registration.split_criteria(str(resource.get("criteria", "")))
+    status = resource.get("status")
+    values = {
+        "resource_type": resource_type,
+        "criteria": resource.get("criteria", ""),
+        "status": status,
+        "endpoint": channel.get("endpoint", ""),
+        "payload": channel.get("payload"),
+        "headers": [h for h in channel.get("header") or [] if isinstance(h, str)],
+    }
+    if row is None:
+        await session.execute(
+            insert(subscriptions).values(
+                id=sid,
+                owner=owner_claims(resources.access.caller),
+                owner_key=ownership.key_of(resources.access.caller),
+                last_seq=0,
+                created_at=now_utc(),
+                **values,
+            )
+        )
+    else:
+        await session.execute(
+            update(subscriptions).where(subscriptions.c.id == sid).values(**values)
+        )
+        if status != ACTIVE and not (status == REQUESTED == row.status):
+            # Off, in error, or asked for again: what it was owed before is not sent.
+            await _drop_pending(session, sid, f"the subscription became {status}")
+    mark_written(session)
+    if status == REQUESTED and (row is None or row.status != REQUESTED):
+        await _owe(session, sid, kind=HANDSHAKE)
+        return {sid}
+    return set()
+
+
+async def _drop_pending(session: AsyncSession, sid: str, reason: str) -> None:
+    await session.execute(
+        update(subscription_deliveries)
+        .where(
+            subscription_deliveries.c.subscription_id == sid,
+            subscription_deliveries.c.status == PENDING,
+        )
+        .values(status=DROPPED, last_error=reason)
+    )
+
+
+async def _owe(session: AsyncSession, sid: str, *, kind: str, write: Write | None = None) -> None:
+    """A delivery row with the subscription's next sequence number (taken under its row lock)."""
+    seq = (
+        await session.execute(
+            update(subscriptions)
+            .where(subscriptions.c.id == sid)
+            .values(last_seq=subscriptions.c.last_seq + 1)
+            .returning(subscriptions.c.last_seq)
+        )
+    ).scalar_one()
+    moment = now_utc()
+    v = write.version if write else None
+    await session.execute(
+        insert(subscription_deliveries).values(
+            subscription_id=sid,
+            seq=seq,
+            kind=kind,
+            resource_type=v.resource_type if v else None,
+            resource_id=v.id if v else None,
+            version_id=v.version_id if v else None,
+            status=PENDING,
+            attempts=0,
+            next_attempt_at=moment,
+            created_at=moment,
+        )
+    )
+    mark_written(session)
+
+
+# -- matching ------------------------------------------------------------------------------------
+
+
+async def _match(resources: Resources, writes: Sequence[Write]) -> set[str]:
+    written = [
+        w for w in writes if w.resource is not None and w.version.resource_type not in UNWATCHED
+    ]
+    types = {w.version.resource_type for w in written}
+    if not types:
+        return set()
+    session = resources.session
+    rows = (
+        await session.execute(
+            select(subscriptions)
+            .where(subscriptions.c.resource_type.in_(types), subscriptions.c.status == ACTIVE)
+            .order_by(subscriptions.c.id)
+        )
+    ).all()
+    owed: set[str] = set()
+    for row in rows:
+        access = await _subscriber(session, row.owner)
+        if access is None:
+            continue
+        _, query = registration.split_criteria(row.criteria)
+        for write in written:
+            if write.version.resource_type != row.resource_type:
+                continue
+            if await _matches(session, access, row.resource_type, query, write.version.id):
+                await _owe(session, row.id, kind=EVENT, write=write)
+                owed.add(row.id)
+    return owed
+
+
+async def _subscriber(session: AsyncSession, owner: dict | None) -> Access | None:
+    """The subscriber's access as their account or client is now; None when it is gone."""
+    if owner is None:
+        return Access.system()
+    claims = {**owner, "jti": "subscription", "exp": 0}
+    caller = await caller_for_claims(session, claims)  # type: ignore[arg-type]
+    return Access(caller) if caller is not None else None
+
+
+async def _matches(
+    session: AsyncSession, access: Access, resource_type: str, query: str, resource_id: str
+) -> bool:
+    from vitasync_fhir.auth import policy
+
+    if access.caller is not None and not policy.allowed(access.caller, resource_type, "read"):
+        return False
+    ids = await match_ids(
+        session,
+        resource_type,
+        registration.with_id(query, resource_id),
+        limit=1,
+        restrict=access.restriction(),
+    )
+    return bool(ids)
+
+
+# -- hand-over -----------------------------------------------------------------------------------
+
+
+def _hand_over_after_commit(session: AsyncSession, subscription_ids: list[str]) -> None:
+    settings = session.info.get("settings")
+    if not isinstance(settings, Settings):
+        return  # the relay will find the rows
+
+    def now() -> None:
+        from vitasync_fhir.subscriptions.tasks import hand_over
+
+        hand_over(settings, subscription_ids)
+
+    async def later() -> None:
+        try:
+            await asyncio.to_thread(now)
+        except Exception as error:  # committed already: the relay will deliver
+            log.warning("subscriptions %s not queued now (%s)", subscription_ids, error)
+
+    after_commit(session, later)
+
