@@ -13,6 +13,7 @@ from vitasync_fhir.api.routes import routers as api_routers
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
 from vitasync_fhir.auth.routes import router as auth_router
+from vitasync_fhir.auth.trail import AuditTrail
 from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
+        app.state.audit_trail.close()
         await app.state.db.dispose()
 
     # FastAPIOffline serves the /docs assets from the package, so the docs work without internet.
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = Database(settings)
+    app.state.audit_trail = AuditTrail(settings)
     errors.install(app)
     app.include_router(well_known, tags=["SMART"])
     app.include_router(oauth_router, tags=["OAuth2"])

@@ -47,6 +47,7 @@ async def _answer(
 ) -> Response:
     if len(search.types) == 1:
         await access.require(search.types[0], "search")
+    await access.settle_audit(search.types)
     body = await service.search(
         session, request.app.state.settings, search, restrict=access.restriction()
     )
