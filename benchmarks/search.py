@@ -57,8 +57,8 @@ QUERIES: list[tuple[str, str]] = [
      "&_include=MedicationRequest:requester"),
     ("Encounters in a month, newest first",
      "/fhir/Encounter?date=ge{month}&date=lt{month_end}&_sort=-date&_count=50"),
-    ("Patients with a systolic reading (_has)",
-     "/fhir/Patient?_has:Observation:patient:code=http://loinc.org|8480-6"),
+    ("Patients with a blood pressure panel (_has)",
+     "/fhir/Patient?_has:Observation:patient:code=http://loinc.org|55284-4"),
     ("Page 200 of Observation?_sort=-_lastUpdated", "deep-page"),
 ]
 DEEP_PAGE = "/fhir/Observation?_sort=-_lastUpdated&_count=20"
@@ -101,6 +101,8 @@ def load(args: argparse.Namespace, pg: Postgres) -> None:
                                                         posters=4))
         failed = [r for r in results if r.error]
         count = sum(len(r.locations) for r in results)
+        with psycopg.connect(pg.dsn(args.database), autocommit=True) as conn:
+            conn.execute("ANALYZE")  # as autovacuum would, some time after a bulk load
         print(f"loaded {count:,} resources from {len(results)} bundles in "
               f"{time.perf_counter() - started:.0f} s ({count / total:.0f}/s), "
               f"{len(failed)} failed", flush=True)
@@ -177,8 +179,14 @@ def pick_values(conn: psycopg.Connection) -> dict[str, str]:
             raise SystemExit(f"no data for: {sql}")
         return str(row[0])
 
-    patient = one("SELECT target_id FROM search_reference WHERE resource_type = 'Observation' "
-                  "AND param = 'patient' GROUP BY target_id ORDER BY count(*) DESC LIMIT 1")
+    since = "2015-01-01"
+    since_us = int(datetime(2015, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    # The patient with the most Observations since `since`: the heaviest realistic case.
+    patient = one("SELECT r.target_id FROM search_reference r JOIN search_date d "
+                  "ON d.resource_type = r.resource_type AND d.resource_id = r.resource_id "
+                  "WHERE r.resource_type = 'Observation' AND r.param = 'patient' "
+                  f"AND d.param = 'date' AND d.low >= {since_us} "
+                  "GROUP BY r.target_id ORDER BY count(*) DESC LIMIT 1")
     return {
         "family": one("SELECT value FROM search_string WHERE resource_type = 'Patient' "
                       "AND param = 'family' GROUP BY value ORDER BY count(*) DESC LIMIT 1"),
@@ -190,7 +198,7 @@ def pick_values(conn: psycopg.Connection) -> dict[str, str]:
                     "AND t.system = 'http://loinc.org' AND r.param = 'patient' "
                     f"AND r.target_id = '{patient}' GROUP BY t.code ORDER BY count(*) DESC "
                     "LIMIT 1"),
-        "since": "2015-01-01",
+        "since": since,
         "rx_patient": one(
             "SELECT r.target_id FROM search_reference r JOIN search_token t "
             "ON t.resource_type = r.resource_type AND t.resource_id = r.resource_id "
