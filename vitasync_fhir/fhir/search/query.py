@@ -180,9 +180,18 @@ def _has_clause(
     source_type, reference = c.has
     ((_, inner),) = c.chain
     source, clauses = scope((source_type,), restrict=restrict)
-    sources = select(source.c.id).where(
-        *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
-    )
+    if len(clauses) == 2 and _index_only(inner):  # type and not-deleted: the index says both
+        table, param = _index_of(inner)
+        t = table.alias()
+        sources = select(t.c.resource_id).where(
+            t.c.resource_type == source_type,
+            t.c.param == param,
+            or_(*[value_clause(inner, v, t) for v in inner.values]),
+        )
+    else:
+        sources = select(source.c.id).where(
+            *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
+        )
     ref = search_reference.alias()
     targets = select(ref.c.target_id).where(
         ref.c.resource_type == source_type,
@@ -191,6 +200,17 @@ def _has_clause(
         ref.c.resource_id.in_(sources),
     )
     return r.c.id.in_(targets)
+
+
+def _index_only(c: Criterion) -> bool:
+    """Whether one index table answers `c` alone: index rows exist only for current resources."""
+    return not (
+        c.chain
+        or c.has
+        or c.missing is not None
+        or c.modifier == "not"
+        or c.param.code in ("_id", "_lastUpdated")
+    )
 
 
 def compartment_clause(r: FromClause, types: Types, patient_id: str) -> ColumnElement[bool]:
