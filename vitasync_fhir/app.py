@@ -44,16 +44,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(settings)
     app.state.audit_trail = AuditTrail(settings)
     errors.install(app)
-    app.include_router(well_known, tags=["SMART"])
-    app.include_router(oauth_router, tags=["OAuth2"])
-    app.include_router(auth_router, tags=["Accounts"])
-    for router in api_routers():
-        app.include_router(router)
+    # Routes are matched in order: the busiest (FHIR) first.
     for router in operations.routers():  # before the REST routes: "$op" is not an id
         app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
     app.state.operations = operations.capability_entries()
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
+    app.include_router(well_known, tags=["SMART"])
+    app.include_router(oauth_router, tags=["OAuth2"])
+    app.include_router(auth_router, tags=["Accounts"])
+    for router in api_routers():
+        app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # browser SMART apps on other origins
         app.add_middleware(
