@@ -16,20 +16,19 @@ import httpx
 
 from benchmarks.procs import ROOT
 
-EMAIL = "bench-admin@vitasync.test"
-
 
 def admin_token(*, base_url: str, database_url: str) -> str:
     password = secrets.token_urlsafe(24)
+    email = f"bench-admin-{secrets.token_hex(4)}@vitasync.test"  # a database may be measured again
     env = {**os.environ, "VITASYNC_DATABASE_URL": database_url, "VITASYNC_BASE_URL": base_url}
     made = subprocess.run(
-        [sys.executable, "-m", "vitasync_fhir", "create-user", "--email", EMAIL,
+        [sys.executable, "-m", "vitasync_fhir", "create-user", "--email", email,
          "--password", password, "--role", "admin", "--given", "Bench", "--family", "Admin"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     if made.returncode != 0:
         raise RuntimeError(f"create-user failed: {made.stderr.strip() or made.stdout.strip()}")
-    answer = httpx.post(f"{base_url}/api/auth/login", json={"email": EMAIL, "password": password},
+    answer = httpx.post(f"{base_url}/api/auth/login", json={"email": email, "password": password},
                         timeout=30)
     if answer.status_code != 200:
         raise RuntimeError(f"login failed: HTTP {answer.status_code} {answer.text[:300]}")

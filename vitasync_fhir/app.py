@@ -13,6 +13,7 @@ from vitasync_fhir.api.routes import routers as api_routers
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
 from vitasync_fhir.auth.routes import router as auth_router
+from vitasync_fhir.auth.trail import AuditTrail
 from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
+        app.state.audit_trail.close()
         await app.state.db.dispose()
 
     # FastAPIOffline serves the /docs assets from the package, so the docs work without internet.
@@ -42,7 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = Database(settings)
+    app.state.audit_trail = AuditTrail(settings)
     errors.install(app)
+    # Routes are matched in order: the busiest (FHIR) first.
+    for router in operations.routers():  # before the REST routes: "$op" is not an id
+        app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
+    app.state.operations = operations.capability_entries()
+    app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
+    app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.include_router(well_known, tags=["SMART"])
     app.include_router(oauth_router, tags=["OAuth2"])
     app.include_router(auth_router, tags=["Accounts"])
@@ -50,11 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(documents_router)
     app.include_router(verify_router)
-    for router in operations.routers():  # before the REST routes: "$op" is not an id
-        app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
-    app.state.operations = operations.capability_entries()
-    app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
-    app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     openapi.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # browser SMART apps on other origins

@@ -36,6 +36,18 @@ class Settings(BaseSettings):
     refresh_token_seconds: int = Field(
         default=30 * 24 * 3600, description="Lifetime of a refresh token (offline_access, login)"
     )
+    audit_flush_ms: int = Field(
+        default=100, description="How long read AuditEvents gather before they are written"
+    )
+    audit_max_pending: int = Field(
+        default=100_000,
+        description="Read AuditEvents kept while the database is unreachable before the oldest go",
+    )
+    auth_cache_seconds: float = Field(
+        default=5,
+        description="How long a worker trusts a token it has checked (revocation elsewhere "
+        "takes this long to reach it; 0 checks every request)",
+    )
     authorization_code_seconds: int = Field(default=60, description="Lifetime of an OAuth code")
     account_token_seconds: int = Field(
         default=24 * 3600, description="Lifetime of e-mail verification and password reset links"

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from vitasync_fhir.api import actions, schemas
 from vitasync_fhir.api.service import ApiResources
 from vitasync_fhir.auth.access import AccessDep
-from vitasync_fhir.db import SessionDep
+from vitasync_fhir.db import ReadSessionDep, SessionDep
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.mapping.spec import Mapping, load_all
 
@@ -49,7 +49,7 @@ def resource_router(mapping: Mapping) -> APIRouter:
     title = mapping.name.rstrip("s")
 
     @router.get("", responses={200: {"model": page}, **ERRORS}, summary=f"List {mapping.name}")
-    async def list_(request: Request, session: SessionDep, access: AccessDep) -> Response:
+    async def list_(request: Request, session: ReadSessionDep, access: AccessDep) -> Response:
         """Filter with the query parameters; page with page, per_page; sort=field,-field."""
         found = await _api(mapping, request, session, access).list(dict(request.query_params))
         return JSONResponse(found)
@@ -73,7 +73,7 @@ def resource_router(mapping: Mapping) -> APIRouter:
         "/{resource_id}", responses={200: {"model": out}, **ERRORS}, summary=f"Get a {title}"
     )
     async def get(
-        resource_id: str, request: Request, session: SessionDep, access: AccessDep
+        resource_id: str, request: Request, session: ReadSessionDep, access: AccessDep
     ) -> Response:
         api = _api(mapping, request, session, access)
         found = await api.get(resource_id)

@@ -23,7 +23,8 @@ from sqlalchemy.sql import FromClause
 from vitasync_fhir.auth import audit, policy
 from vitasync_fhir.auth.deps import CallerDep
 from vitasync_fhir.auth.policy import Caller
-from vitasync_fhir.db import Database, SessionDep, after_end
+from vitasync_fhir.auth.trail import AuditTrail
+from vitasync_fhir.db import Database, SessionDep, after_commit, after_end
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.subscriptions import ownership
 
@@ -36,11 +37,13 @@ class Access:
         source_ip: str | None = None,
         database: Database | None = None,
         session: AsyncSession | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
         self.caller = caller
         self.source_ip = source_ip
         self.database = database
         self.session = session
+        self.trail = trail
 
     @classmethod
     def system(cls) -> Access:
@@ -51,7 +54,13 @@ class Access:
         cls, request: Request, caller: Caller, session: AsyncSession | None = None
     ) -> Access:
         host = request.client.host if request.client else None
-        return cls(caller, source_ip=host, database=request.app.state.db, session=session)
+        return cls(
+            caller,
+            source_ip=host,
+            database=request.app.state.db,
+            session=session,
+            trail=getattr(request.app.state, "audit_trail", None),
+        )
 
     @property
     def is_system(self) -> bool:
@@ -172,7 +181,16 @@ class Access:
         ]
         if extra:
             event.setdefault("entity", []).extend(extra)
+        if self.trail is not None and action not in WRITES:
+            trail = self.trail
+            after_commit(session, lambda: trail.add(event))  # only what was really answered
+            return
         await audit.record(session, event)
+
+    async def settle_audit(self, types: Iterable[str] | None) -> None:
+        """Before AuditEvents are read: store what this worker's trail still holds."""
+        if self.trail is not None and (types is None or "AuditEvent" in types):
+            await self.trail.settle()
 
     def _event(
         self,
@@ -197,6 +215,9 @@ class Access:
         if self.database is None:
             return
         event = self._event("denied", action, resource_type, resource_id)
+        if self.trail is not None:
+            self.trail.add(event)
+            return
         database = self.database
         if self.session is None:
             await audit.record_apart(database, event)
@@ -204,6 +225,10 @@ class Access:
         # After the request's transaction ends: it rolls back on the denial, and on SQLite a
         # second writer would wait behind the request's own uncommitted writes.
         after_end(self.session, lambda: audit.record_apart(database, event))
+
+
+# Audited in the write's own transaction; every other action goes to the trail.
+WRITES = frozenset({"create", "update", "patch", "delete"})
 
 
 def _patient_data(resource_type: str | None) -> bool:

@@ -15,11 +15,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth import passwords, policy, tokens
+from vitasync_fhir.auth import passwords, policy, recent, tokens
 from vitasync_fhir.auth import scopes as smart
 from vitasync_fhir.auth.tables import account_tokens, refresh_tokens, users
 from vitasync_fhir.config import Settings
-from vitasync_fhir.db import mark_written
+from vitasync_fhir.db import after_commit, mark_written
 
 log = logging.getLogger("vitasync_fhir.auth")
 
@@ -312,6 +312,7 @@ async def reset_password(session: AsyncSession, *, token: str, password: str) ->
             tokens_valid_after=_now(),
         )
     )
+    after_commit(session, recent.forget_all)
     await revoke_refresh_tokens(session, user_id=user_id)
 
 

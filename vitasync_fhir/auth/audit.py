@@ -1,7 +1,9 @@
 """AuditEvent for every access to patient data: who, what, when, from where, and the outcome.
 
-Successful accesses are stored in the request's own transaction (`record`). Denials must survive
-the rollback of the request they deny, so they are stored in a unit of work of their own
+Writes store their event in the write's own transaction (`record`). Reads, searches, operations
+and denials hand theirs to the audit trail (`auth/trail.py`), which stores them in batches apart
+from the request: a denial survives the rollback of the request it denies, and a read costs no
+write. Without a trail (commands, some tests) they are stored in a unit of work of their own
 (`record_apart`).
 """
 
@@ -159,15 +161,20 @@ def _agent(caller: Caller | None, source_ip: str | None) -> dict:
 
 async def record(session: AsyncSession, event: dict) -> str:
     """Store `event` in the current transaction; the new AuditEvent's id."""
+    return (await record_many(session, [event]))[0]
+
+
+async def record_many(session: AsyncSession, events: list[dict]) -> list[str]:
+    """Store `events` in the current transaction; the new AuditEvents' ids."""
     from vitasync_fhir.fhir.service import Resources  # the FHIR service imports search on load
 
     # The server builds these events itself (tests validate what audit_event builds), so the
     # write skips validation: auditing a read must not cost as much as the read.
     resources = Resources(session)
-    write = resources.plan_create("AuditEvent", event)
-    await resources.store.write([write])
+    writes = [resources.plan_create("AuditEvent", event) for event in events]
+    await resources.store.write(writes)
     mark_written(session)
-    return write.version.id
+    return [write.version.id for write in writes]
 
 
 async def record_apart(database: Database, event: dict) -> str:

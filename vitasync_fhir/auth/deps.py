@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
+from vitasync_fhir.auth import recent, tokens
 from vitasync_fhir.auth import scopes as smart
-from vitasync_fhir.auth import tokens
 from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.auth.tables import oauth_clients, users
 from vitasync_fhir.db import SessionDep
@@ -41,6 +41,10 @@ async def current_caller(request: Request, session: SessionDep) -> Caller:
     if token is None:
         raise unauthorized("Authentication is required", error=None)
     settings = request.app.state.settings
+    cached = recent.get(token)
+    if cached is not None:
+        request.state.caller = cached
+        return cached
     try:
         claims = tokens.decode_access_token(settings, token)
     except tokens.InvalidToken as error:
@@ -50,6 +54,7 @@ async def current_caller(request: Request, session: SessionDep) -> Caller:
     caller = await caller_for_claims(session, claims)
     if caller is None:
         raise unauthorized("The token's account or client is no longer active")
+    recent.put(token, caller, seconds=settings.auth_cache_seconds)
     request.state.caller = caller
     return caller
 

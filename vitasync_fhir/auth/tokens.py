@@ -20,10 +20,10 @@ from joserfc.errors import JoseError
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth import keys
+from vitasync_fhir.auth import keys, recent
 from vitasync_fhir.auth.tables import revoked_tokens
 from vitasync_fhir.config import Settings
-from vitasync_fhir.db import mark_written
+from vitasync_fhir.db import after_commit, mark_written
 
 ALGORITHMS = [keys.ALGORITHM]
 LEEWAY_SECONDS = 30
@@ -168,6 +168,7 @@ async def is_revoked(session: AsyncSession, jti: str) -> bool:
 
 async def revoke(session: AsyncSession, jti: str, expires_at: int) -> None:
     """Refuse the access token `jti` from now on (until it would have expired anyway)."""
+    after_commit(session, recent.forget_all)
     if await is_revoked(session, jti):
         return
     await session.execute(

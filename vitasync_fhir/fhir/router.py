@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from vitasync_fhir.auth.access import AccessDep
-from vitasync_fhir.db import SessionDep
+from vitasync_fhir.db import ReadSessionDep, SessionDep
 from vitasync_fhir.fhir import bundles, capability, history, outcomes, paths  # noqa: F401 - registers fhirtype
 from vitasync_fhir.fhir.responses import fhir_response, require_json_body
 from vitasync_fhir.fhir.service import Resources, Saved, check_type, parse_json
@@ -90,14 +90,14 @@ async def metadata(request: Request) -> Response:
 
 
 @router.get("/_history", name="history-system")
-async def system_history(request: Request, session: SessionDep, access: AccessDep) -> Response:
+async def system_history(request: Request, session: ReadSessionDep, access: AccessDep) -> Response:
     """All changes of the system, newest first."""
     return fhir_response(request, await history.page(request, session, access))
 
 
 @router.get("/{resource_type:fhirtype}/_history", name="history-type")
 async def type_history(
-    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+    resource_type: str, request: Request, session: ReadSessionDep, access: AccessDep
 ) -> Response:
     """All changes of one resource type, newest first."""
     check_type(resource_type)
@@ -108,7 +108,11 @@ async def type_history(
 
 @router.get("/{resource_type:fhirtype}/{resource_id}/_history", name="history-instance")
 async def instance_history(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    session: ReadSessionDep,
+    access: AccessDep,
 ) -> Response:
     """Every version of one resource, newest first."""
     await Resources(session, access).read_any(resource_type, resource_id)
@@ -126,7 +130,7 @@ async def vread(
     resource_id: str,
     version_id: str,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     access: AccessDep,
 ) -> Response:
     """One version of a resource."""
@@ -136,7 +140,11 @@ async def vread(
 
 @router.get("/{resource_type:fhirtype}/{resource_id}", name="read")
 async def read(
-    resource_type: str, resource_id: str, request: Request, session: SessionDep, access: AccessDep
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    session: ReadSessionDep,
+    access: AccessDep,
 ) -> Response:
     """The current version of a resource."""
     version = await Resources(session, access).read(resource_type, resource_id)

@@ -135,6 +135,8 @@ class Resources:
     async def read(self, resource_type: str, resource_id: str, *, action: str = "read") -> Version:
         check_type(resource_type)
         await self.access.require(resource_type, action, resource_id=resource_id)
+        if resource_type == "AuditEvent":
+            await self.access.settle_audit(None)
         found = await self.store.current(resource_type, resource_id)
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")

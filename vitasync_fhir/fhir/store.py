@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, insert, select, true, tuple_, update
+from sqlalchemy import and_, bindparam, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, FromClause
@@ -75,6 +75,13 @@ def _version(row, *, method: str = "") -> Version:  # type: ignore[no-untyped-de
     )
 
 
+# The hottest query of the server, built once.
+_CURRENT = select(resources).where(
+    resources.c.resource_type == bindparam("type"), resources.c.id == bindparam("id")
+)
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+
+
 class Store:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -84,12 +91,11 @@ class Store:
         self, resource_type: str, resource_id: str, *, for_update: bool = False
     ) -> Version | None:
         """The current version; `for_update` locks the row until commit where the database can."""
-        query = select(resources).where(
-            resources.c.resource_type == resource_type, resources.c.id == resource_id
-        )
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.session.execute(query)).first()
+        query = _CURRENT_FOR_UPDATE if for_update else _CURRENT
+        # Core on the session's connection: the ORM layer adds nothing to a primary-key read.
+        connection = await self.session.connection()
+        result = await connection.execute(query, {"type": resource_type, "id": resource_id})
+        row = result.first()
         return _version(row) if row else None
 
     async def lock(self, resource_type: str, resource_id: str) -> Version | None:

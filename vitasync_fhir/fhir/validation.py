@@ -72,6 +72,26 @@ def validate(
     return walk.problems + _model_problems(resource, resource_type, walk.problems)
 
 
+def single_valued(resource_type: str, path: str) -> bool:
+    """Whether the dotted element `path` (e.g. "period", "subject") of `resource_type` holds one
+    value at most: no step of it repeats. False when a step is unknown."""
+    types = _table().types
+    current = types.get(resource_type)
+    steps = path.split(".")
+    for n, step in enumerate(steps):
+        elements = current.elements if current is not None else {}
+        spec = elements.get(step)
+        if spec is None:  # a choice, effective[x]: never repeats, but its type is open
+            choice = any(
+                k.startswith(step) and k[len(step) : len(step) + 1].isupper() for k in elements
+            )
+            return choice and n == len(steps) - 1
+        if spec.many:
+            return False
+        current = types.get(spec.type)
+    return True
+
+
 # -- the R4 table -------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from search_support import FHIR, Loaded
+from search_support import FHIR, JSON, Loaded
 
 pytestmark = pytest.mark.synthea
 
@@ -287,6 +287,41 @@ def test_date_prefixes_on_instants_and_periods(synthea: Loaded, prefix: str) -> 
             lambda e: date_matches(prefix, period_span(e["period"]), value),  # noqa: B023 (called at once)
         )
         assert found(synthea, "Encounter", ("date", f"{prefix}{value}")) == expected, value
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [("ge2019-06-01", "lt2019-07-01"), ("gt2015", "le2016-03"), ("ge2019", "le2013")],
+)
+def test_date_ranges_anded_on_one_parameter(synthea: Loaded, low: str, high: str) -> None:
+    """`date=ge…&date=lt…`: the engine tests a single-valued parameter's one row for both."""
+
+    def both(spans: list) -> bool:
+        return any(date_matches(low[:2], s, low[2:]) for s in spans) and any(
+            date_matches(high[:2], s, high[2:]) for s in spans
+        )
+
+    for resource_type, spans_of in (
+        ("Encounter", lambda r: [period_span(r["period"])]),
+        ("Observation", lambda r: [s] if (s := observation_span(r)) else []),
+    ):
+        expected = synthea.ids(resource_type, lambda r: both(spans_of(r)))  # noqa: B023
+        assert found(synthea, resource_type, ("date", low), ("date", high)) == expected
+
+
+def test_date_criteria_on_a_repeating_element_may_match_different_values(synthea: Loaded) -> None:
+    goal = {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": "two targets"},
+        "subject": {"reference": "Patient/" + synthea.extras["lea"].split("/")[1]},
+        "target": [{"dueDate": "2020-01-10"}, {"dueDate": "2020-12-10"}],
+    }
+    made = synthea.client.post("/fhir/Goal", json=goal, headers=JSON)
+    assert made.status_code == 201
+    pairs = (("target-date", "ge2020-06-01"), ("target-date", "lt2020-03-01"))
+    assert made.json()["id"] in found(synthea, "Goal", *pairs)  # one value each, not one both
+    synthea.client.delete(f"/fhir/Goal/{made.json()['id']}")
 
 
 def test_date_approximately(synthea: Loaded) -> None:

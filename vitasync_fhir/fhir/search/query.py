@@ -63,6 +63,7 @@ from vitasync_fhir.fhir.search.tables import (
 )
 from vitasync_fhir.fhir.search.values import normalize
 from vitasync_fhir.fhir.tables import resources
+from vitasync_fhir.fhir.validation import single_valued
 
 Restrict = Callable[[FromClause, tuple[str, ...]], ColumnElement[bool] | None]
 Types = tuple[str, ...]
@@ -179,9 +180,18 @@ def _has_clause(
     source_type, reference = c.has
     ((_, inner),) = c.chain
     source, clauses = scope((source_type,), restrict=restrict)
-    sources = select(source.c.id).where(
-        *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
-    )
+    if len(clauses) == 2 and _index_only(inner):  # type and not-deleted: the index says both
+        table, param = _index_of(inner)
+        t = table.alias()
+        sources = select(t.c.resource_id).where(
+            t.c.resource_type == source_type,
+            t.c.param == param,
+            or_(*[value_clause(inner, v, t) for v in inner.values]),
+        )
+    else:
+        sources = select(source.c.id).where(
+            *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
+        )
     ref = search_reference.alias()
     targets = select(ref.c.target_id).where(
         ref.c.resource_type == source_type,
@@ -190,6 +200,17 @@ def _has_clause(
         ref.c.resource_id.in_(sources),
     )
     return r.c.id.in_(targets)
+
+
+def _index_only(c: Criterion) -> bool:
+    """Whether one index table answers `c` alone: index rows exist only for current resources."""
+    return not (
+        c.chain
+        or c.has
+        or c.missing is not None
+        or c.modifier == "not"
+        or c.param.code in ("_id", "_lastUpdated")
+    )
 
 
 def compartment_clause(r: FromClause, types: Types, patient_id: str) -> ColumnElement[bool]:
@@ -520,7 +541,40 @@ class Page:
 def where_clauses(
     criteria: Iterable[Criterion], r: FromClause, types: Types, *, restrict: Restrict | None
 ) -> list[ColumnElement[bool]]:
-    return [criterion_clause(c, r, types, restrict=restrict) for c in criteria]
+    plain: list[Criterion] = []
+    ranges: dict[str, list[Criterion]] = {}
+    for c in criteria:
+        if len(types) == 1 and _one_row(c, types[0]):
+            ranges.setdefault(c.param.code, []).append(c)
+        else:
+            plain.append(c)
+    clauses = [criterion_clause(c, r, types, restrict=restrict) for c in plain]
+    for group in ranges.values():
+        clauses.append(_same_row(group, r, types))
+    return clauses
+
+
+def _one_row(c: Criterion, resource_type: str) -> bool:
+    """A date criterion on a parameter that indexes one row per resource at most: AND'ed
+    criteria on it (`date=ge2019-06&date=lt2019-07`) can then test that one row together, which
+    an index range answers, instead of each selecting its own half of the table."""
+    if c.param.type != "date" or c.modifier or c.missing is not None or c.chain or c.has:
+        return False
+    prefix = resource_type + "."
+    paths = [part.strip().strip("()") for part in c.param.expression.split("|")]
+    mine = [p[len(prefix) :] for p in paths if p.startswith(prefix)]
+    return (
+        len(mine) == 1
+        and mine[0].replace(".", "").isalnum()
+        and single_valued(resource_type, mine[0])
+    )
+
+
+def _same_row(group: list[Criterion], r: FromClause, types: Types) -> ColumnElement[bool]:
+    table, param = _index_of(group[0])
+    t = table.alias()
+    where = and_(*[or_(*[value_clause(c, v, t) for v in c.values]) for c in group])
+    return _member(r, types, t, param, where)
 
 
 def matches(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from vitasync_fhir.auth.access import Access, AccessDep
-from vitasync_fhir.db import SessionDep
+from vitasync_fhir.db import ReadSessionDep
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.responses import fhir_response
 from vitasync_fhir.fhir.search import service
@@ -43,10 +43,11 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 async def _answer(
-    request: Request, session: SessionDep, access: Access, search: Search
+    request: Request, session: ReadSessionDep, access: Access, search: Search
 ) -> Response:
     if len(search.types) == 1:
         await access.require(search.types[0], "search")
+    await access.settle_audit(search.types)
     body = await service.search(
         session, request.app.state.settings, search, restrict=access.restriction()
     )
@@ -59,7 +60,7 @@ async def _answer(
 
 
 @router.get("")
-async def search_system(request: Request, session: SessionDep, access: AccessDep) -> Response:
+async def search_system(request: Request, session: ReadSessionDep, access: AccessDep) -> Response:
     """Search across resource types (`_type` names them; without it, all types)."""
     pairs = _pairs(request)
     types = service.system_types(pairs)
@@ -69,7 +70,9 @@ async def search_system(request: Request, session: SessionDep, access: AccessDep
 
 
 @router.post("/_search")
-async def search_system_post(request: Request, session: SessionDep, access: AccessDep) -> Response:
+async def search_system_post(
+    request: Request, session: ReadSessionDep, access: AccessDep
+) -> Response:
     """Search across resource types with the parameters in a form body."""
     pairs = _pairs(request) + await _form_pairs(request)
     types = service.system_types(pairs)
@@ -80,7 +83,11 @@ async def search_system_post(request: Request, session: SessionDep, access: Acce
 
 @router.get("/Patient/{patient_id}/{resource_type}")
 async def search_compartment(
-    patient_id: str, resource_type: str, request: Request, session: SessionDep, access: AccessDep
+    patient_id: str,
+    resource_type: str,
+    request: Request,
+    session: ReadSessionDep,
+    access: AccessDep,
 ) -> Response:
     """Search the resources of one type (or `*`, all) in a Patient's compartment."""
     if resource_type == "*":
@@ -105,7 +112,7 @@ async def search_compartment(
 
 @router.get("/{resource_type}")
 async def search_type(
-    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+    resource_type: str, request: Request, session: ReadSessionDep, access: AccessDep
 ) -> Response:
     """Search the resources of one type."""
     service.check_type(resource_type)
@@ -115,7 +122,7 @@ async def search_type(
 
 @router.post("/{resource_type}/_search")
 async def search_type_post(
-    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+    resource_type: str, request: Request, session: ReadSessionDep, access: AccessDep
 ) -> Response:
     """Search the resources of one type with the parameters in a form body."""
     service.check_type(resource_type)

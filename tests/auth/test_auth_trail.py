@@ -1,0 +1,122 @@
+"""The audit trail of reads (auth/trail.py) and the cache of verified callers (auth/recent.py).
+
+Reads must cost no write, yet every read is audited: the trail stores the events apart, and a
+read of the AuditEvents first waits for what this worker still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select, update
+from support import BASE_URL, auth_headers
+
+from vitasync_fhir import migrations
+from vitasync_fhir.app import create_app
+from vitasync_fhir.auth import audit, recent
+from vitasync_fhir.auth.tables import users
+from vitasync_fhir.auth.trail import AuditTrail
+from vitasync_fhir.config import Settings
+from vitasync_fhir.db import Database, mark_written, sync_url
+from vitasync_fhir.fhir.tables import resources
+
+
+def _stored_events(settings: Settings) -> int:
+    engine = create_engine(sync_url(settings.database_url))
+    try:
+        with engine.connect() as conn:
+            query = select(func.count()).where(resources.c.resource_type == "AuditEvent")
+            return conn.execute(query).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _event(patient: str) -> dict:
+    return audit.audit_event(
+        None,
+        action="read",
+        resource_type="Patient",
+        resource_id=patient,
+        outcome="success",
+        source_ip=None,
+    )
+
+
+def test_a_read_is_audited_apart_and_an_audit_read_sees_it(settings: Settings) -> None:
+    slow = settings.model_copy(update={"audit_flush_ms": 60_000})
+    with TestClient(create_app(slow), base_url=BASE_URL) as api:
+        admin = auth_headers(slow, role="admin")
+        made = api.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin)
+        written = _stored_events(slow)  # the create's own event, in the create's transaction
+        assert written == 1
+
+        assert api.get(f"/fhir/Patient/{made.json()['id']}", headers=admin).status_code == 200
+        assert _stored_events(slow) == written  # the read wrote nothing in its request
+
+        found = api.get("/fhir/AuditEvent?entity=Patient/" + made.json()["id"], headers=admin)
+        actions = sorted(e["resource"]["action"] for e in found.json()["entry"])
+        assert actions == ["C", "R"]  # the search waited for the trail, minute or not
+
+
+def test_the_trail_writes_batches_and_outlives_its_thread(settings: Settings) -> None:
+    trail = AuditTrail(settings)
+    for n in range(7):
+        trail.add(_event(f"p{n}"))
+    assert trail.drain(timeout=30)
+    assert _stored_events(settings) == 7
+    trail.add(_event("late"))
+    trail.close()  # closing writes what is pending
+    assert _stored_events(settings) == 8
+
+
+def test_the_trail_keeps_events_while_the_database_is_away(tmp_path: Path) -> None:
+    away = tmp_path / "away" / "db.sqlite3"  # the folder does not exist yet: connecting fails
+    settings = Settings(database_url=f"sqlite:///{away}", data_dir=tmp_path / "var")
+    trail = AuditTrail(settings)
+    trail.add(_event("p1"))
+    assert not trail.drain(timeout=1.5)  # still waiting: the write fails and is retried
+    away.parent.mkdir()
+    migrations.upgrade(settings.database_url)  # the database comes back
+    assert trail.drain(timeout=30)
+    trail.close()
+    assert _stored_events(settings) == 1
+
+
+def test_a_read_only_session_refuses_writes(settings: Settings) -> None:
+    async def main() -> None:
+        database = Database(settings)
+        try:
+            async with database.read_sessions() as session:
+                with pytest.raises(RuntimeError):
+                    mark_written(session)
+        finally:
+            await database.dispose()
+
+    asyncio.run(main())
+
+
+def _deactivate_all(settings: Settings) -> None:
+    engine = create_engine(sync_url(settings.database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(users).values(active=False))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("seconds", [0, 1])
+def test_a_cached_caller_lasts_auth_cache_seconds_at_most(settings: Settings, seconds) -> None:
+    cached = settings.model_copy(update={"auth_cache_seconds": seconds})
+    recent.forget_all()
+    with TestClient(create_app(cached), base_url=BASE_URL) as api:
+        nurse = auth_headers(cached, role="nurse")
+        assert api.get("/fhir/Patient", headers=nurse).status_code == 200
+        _deactivate_all(cached)  # behind the server's back, as another worker would
+        if seconds:
+            assert api.get("/fhir/Patient", headers=nurse).status_code == 200  # still trusted
+            time.sleep(seconds + 0.2)
+        assert api.get("/fhir/Patient", headers=nurse).status_code == 401
