@@ -190,3 +190,19 @@ class Settings(BaseSettings):
 
 
 settings = Settings()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, made from the fields above (`python -m
+    vitasync_fhir.config`); tests/test_readme.py keeps README equal to it."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "(unset)" if field.default is None else f"`{field.default}`"
+        if isinstance(field.default, Path):
+            default = f"`{field.default}`"
+        rows.append(f"| `VITASYNC_{name.upper()}` | {default} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
