@@ -20,9 +20,12 @@ from vitasync_fhir.documents import links, pages
 
 
 def decode(png: bytes) -> str:
-    found = zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))
-    assert len(found) == 1
-    return found[0].text
+    found = zxingcpp.read_barcodes(
+        Image.open(io.BytesIO(png)), formats=zxingcpp.BarcodeFormat.QRCode
+    )
+    texts = {code.text for code in found}  # a large image may be read twice, to the same text
+    assert len(texts) == 1
+    return texts.pop()
 
 
 def token_of(url: str) -> str:
