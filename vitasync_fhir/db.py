@@ -70,7 +70,10 @@ def _engine_options(settings: Settings) -> dict:
         # server fails its request with a 503 and the pool drops every connection of that age.
         "pool_timeout": 10,
         "connect_args": {
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            # Custom plans always: a search's selectivity depends on its values, and a generic
+            # plan chosen after five runs of one statement can be a hundred times slower.
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
+            " -c plan_cache_mode=force_custom_plan",
             "connect_timeout": 5,
         },
     }
