@@ -7,10 +7,13 @@ R4 data. Types that R4B added (absent from R4 4.0.1) are not offered: we store R
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+R4_TABLE = Path(__file__).with_name("definitions") / "r4-elements.json"
 
 # Types that R4B introduced or renamed; they are not R4 (4.0.1) resources.
 _R4B_ONLY = frozenset(
@@ -35,23 +38,16 @@ _ABSTRACT = frozenset({"Resource", "DomainResource"})
 
 @cache
 def resource_types() -> frozenset[str]:
-    """Every concrete resource type we store: R4B models that are also R4 resources."""
+    """Every concrete resource type we store: the R4 resources that R4B also has a model for.
+
+    Named from the R4 table and R4B's type names only: importing every model class to ask would
+    cost each worker ~47 MiB of pydantic schemas for types it may never see.
+    """
     from fhir.resources.R4B import fhirtypes
 
-    names = set()
-    for attr in dir(fhirtypes):
-        if not attr.endswith("Type"):
-            continue
-        name = attr[: -len("Type")]
-        if name in _ABSTRACT or name in _R4B_ONLY or not name[:1].isupper():
-            continue
-        try:
-            klass = get_fhir_model_class(name)
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(klass, type) and issubclass(klass, Resource):
-            names.add(name)
-    return frozenset(names)
+    modelled = {attr[: -len("Type")] for attr in dir(fhirtypes) if attr.endswith("Type")}
+    r4 = orjson.loads(R4_TABLE.read_bytes())["resources"]
+    return frozenset(name for name in r4 if name in modelled and name not in _R4B_ONLY | _ABSTRACT)
 
 
 def is_resource_type(name: str) -> bool:
