@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from search_support import BASE_URL, BUNDLES, Loaded, load_bundle, load_extras, postgres_database
-from support import service_headers
+from support import drop_postgres_database, service_headers
 
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
@@ -35,7 +35,8 @@ def synthea(
         url = f"sqlite:///{path}"
     else:
         worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
-        url = postgres_database(worker, request.module.__name__.rsplit(".", 1)[-1])
+        database = f"vitasync_search_{worker}_{request.module.__name__.rsplit('.', 1)[-1]}"[:63]
+        url = postgres_database(database)
     settings = Settings(
         database_url=url,
         base_url=BASE_URL,
@@ -52,3 +53,5 @@ def synthea(
         time.sleep(0.01)
         load_extras(loaded)
         yield loaded
+    if request.param == "postgresql":  # leave the developer's PostgreSQL as it was
+        drop_postgres_database(database)

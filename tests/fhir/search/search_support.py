@@ -189,7 +189,7 @@ def load_extras(loaded: Loaded) -> None:
         _create(loaded, name, {"resourceType": "ValueSet", "status": "active", "url": url})
 
 
-def postgres_database(worker: str, name: str) -> str:
-    url = create_postgres_database(f"vitasync_search_{worker}_{name}"[:63])
+def postgres_database(name: str) -> str:
+    url = create_postgres_database(name)
     migrations.upgrade(url)
     return url
