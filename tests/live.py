@@ -1,4 +1,6 @@
-"""A real `vitasync-fhir serve` process on a free loopback port, for tests that need one."""
+"""Real servers and a real browser for the tests that need them: `vitasync-fhir serve` in a process
+of its own (`start`, `served`), an app under uvicorn in a thread (`threaded`), and Debian's Chromium
+(`chromium_path`, `CHROMIUM_ARGS`) for Playwright."""
 
 from __future__ import annotations
 
@@ -7,12 +9,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
+from support import unavailable
+
+from vitasync_fhir.config import Settings
 
 
 def free_port() -> int:
@@ -81,3 +89,56 @@ def served(*, cwd: Path, env: dict[str, str] | None = None, workers: int = 1) ->
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             kill_hard(process)
+
+
+@contextmanager
+def serving(database_url: str, folder: Path, *, workers: int = 2) -> Iterator[Settings]:
+    """`served` on `database_url` with its keys and data under `folder`; settings that reach it."""
+    key = folder / "signing.pem"
+    env = {
+        **os.environ,
+        "VITASYNC_DATABASE_URL": database_url,
+        "VITASYNC_SIGNING_KEY_FILE": str(key),
+        "VITASYNC_DATA_DIR": str(folder / "var"),
+    }
+    with served(cwd=folder, env=env, workers=workers) as base:
+        yield Settings(database_url=database_url, base_url=base, signing_key_file=key)
+
+
+CHROMIUM = Path(os.environ.get("VITASYNC_CHROMIUM", "/usr/bin/chromium"))
+# Without the background-networking flags Chromium keeps calling out, and this machine's closed
+# network refuses it many times at each start.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> Path:
+    if not CHROMIUM.exists():
+        unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    return CHROMIUM
+
+
+@contextmanager
+def threaded(app: FastAPI, port: int) -> Iterator[None]:
+    """Uvicorn serving `app` on loopback `port` in a thread, until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

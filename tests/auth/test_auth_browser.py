@@ -6,62 +6,31 @@ code at its redirect URI, exchanges it (with its PKCE verifier) and reads its Pa
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-import uvicorn
 from auth_helpers import PASSWORD, bearer, pkce, query_of
-from live import free_port
-from support import unavailable
+from live import CHROMIUM_ARGS, chromium_path, free_port, threaded
 
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
 
-CHROMIUM = Path(os.environ.get("VITASYNC_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    return CHROMIUM
+    return chromium_path()
 
 
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """Uvicorn serving the app (auth routers mounted) on a free loopback port, in a thread."""
+    """The app (auth routers mounted) under uvicorn on a free loopback port."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app = create_app(settings.model_copy(update={"base_url": base}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
+    with threaded(create_app(settings.model_copy(update={"base_url": base})), port):
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def test_smart_app_launch_in_chromium(

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import multiprocessing
 import os
 import stat
 import time
@@ -62,6 +63,20 @@ def test_key_is_made_once_and_private(key_settings: Settings) -> None:
     assert again.thumbprint() == first.thumbprint()
     jwks = keys.public_jwks(key_settings)
     assert set(jwks["keys"][0]) >= {"kty", "n", "e", "kid"} and "d" not in jwks["keys"][0]
+
+
+def _make_secret(path: str) -> bytes:
+    return keys.persisted(Path(path), lambda: os.urandom(32))
+
+
+def test_workers_starting_at_once_share_one_whole_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Eight processes make the same secret at once: one wins, all read it, none half-written."""
+    path = str(tmp_path / "keys" / "shared.key")
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        seen = pool.map(_make_secret, [path] * 8)
+    assert len(set(seen)) == 1 and len(seen[0]) == 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "keys").iterdir()] == ["shared.key"]  # no drafts left
 
 
 def test_issued_token_verifies(key_settings: Settings) -> None:

@@ -3,55 +3,33 @@
 from __future__ import annotations
 
 import io
-import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import zxingcpp
 from documents_helpers import PASSWORD, medication_request, patient, practitioner
-from live import free_port
+from live import CHROMIUM_ARGS, chromium_path, free_port, threaded
 from PIL import Image
-from support import auth_headers, service_headers, unavailable
+from support import auth_headers, service_headers
 
 from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
 
-CHROMIUM = Path(os.environ.get("VITASYNC_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    return CHROMIUM
+    return chromium_path()
 
 
 @pytest.fixture
 def live(settings: Settings) -> Iterator[Settings]:
-    """Uvicorn serving the app on a free loopback port, in a thread; its settings."""
+    """The app under uvicorn on a free loopback port; its settings."""
     port = free_port()
     served = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    try:
+    with threaded(create_app(served), port):
         yield served
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def test_pharmacist_scans_signs_in_and_fills(chromium: Path, live: Settings, make_account) -> None:  # type: ignore[no-untyped-def]

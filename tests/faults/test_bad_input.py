@@ -5,17 +5,15 @@ path traversal in ids and file names, and header floods."""
 
 from __future__ import annotations
 
-import os
 import socket
 from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
 from factories import FHIR_JSON
-from live import served
+from live import serving
 from support import service_headers
 
-from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir.search.registry import search_parameters
 
 INJECTIONS = [
@@ -39,17 +37,9 @@ SEARCHED = ("Patient", "Observation", "MedicationRequest", "Encounter")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("hostile")
-    url = f"sqlite:///{folder / 'hostile.sqlite3'}"
-    key = folder / "signing.pem"
-    env = {
-        **os.environ,
-        "VITASYNC_DATABASE_URL": url,
-        "VITASYNC_SIGNING_KEY_FILE": str(key),
-        "VITASYNC_DATA_DIR": str(folder / "var"),
-    }
-    with served(cwd=folder, env=env, workers=2) as base:
-        settings = Settings(database_url=url, base_url=base, signing_key_file=key)
-        with httpx.Client(base_url=base, headers=service_headers(settings), timeout=60) as http:
+    with serving(f"sqlite:///{folder / 'hostile.sqlite3'}", folder) as settings:
+        headers = service_headers(settings)
+        with httpx.Client(base_url=settings.base_url, headers=headers, timeout=60) as http:
             yield http
 
 

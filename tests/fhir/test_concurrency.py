@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import httpx
 import pytest
 from factories import FHIR_JSON, patient
-from live import served
-from support import empty_postgres, service_headers
-
-from vitasync_fhir.config import Settings
+from live import serving
+from support import service_headers
 
 RACERS = 16
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server(request, tmp_path):  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        empty_postgres(url)
-    key = tmp_path / "signing.pem"
-    env = {**os.environ, "VITASYNC_DATABASE_URL": url, "VITASYNC_SIGNING_KEY_FILE": str(key)}
-    with served(cwd=tmp_path, env=env, workers=2) as base:
-        settings = Settings(database_url=url, base_url=base, signing_key_file=key)
-        yield httpx.Client(base_url=base, headers=service_headers(settings), timeout=30)
+@pytest.fixture
+def server(database_url, tmp_path):  # type: ignore[no-untyped-def]
+    with serving(database_url, tmp_path) as settings:
+        yield httpx.Client(
+            base_url=settings.base_url, headers=service_headers(settings), timeout=30
+        )
 
 
 async def _race(server: httpx.Client, pid: str, *, if_match: str | None) -> list[int]:

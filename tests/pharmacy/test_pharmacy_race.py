@@ -4,37 +4,29 @@ exactly the fills that remain succeed, through /fhir and /api alike, and no more
 from __future__ import annotations
 
 import asyncio
-import os
 
 import httpx
 import pytest
 from factories import FHIR_JSON
-from live import served
+from live import serving
 from pharmacy_helpers import dispense, prescription
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from support import empty_postgres, service_headers
+from support import service_headers
 
-from vitasync_fhir.config import Settings
 from vitasync_fhir.db import sync_url
 
 RACERS = 16
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def server(request, tmp_path):  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        empty_postgres(url)
-    key = tmp_path / "signing.pem"
-    env = {**os.environ, "VITASYNC_DATABASE_URL": url, "VITASYNC_SIGNING_KEY_FILE": str(key)}
-    with served(cwd=tmp_path, env=env, workers=2) as base:
-        settings = Settings(database_url=url, base_url=base, signing_key_file=key)
+@pytest.fixture
+def server(database_url, tmp_path):  # type: ignore[no-untyped-def]
+    with serving(database_url, tmp_path) as settings:
         pharmacies = [service_headers(settings, role="pharmacist") for _ in range(2)]
-        admin = httpx.Client(base_url=base, headers=service_headers(settings), timeout=60)
-        yield admin, pharmacies, url
+        admin = httpx.Client(
+            base_url=settings.base_url, headers=service_headers(settings), timeout=60
+        )
+        yield admin, pharmacies, database_url
 
 
 async def _race(base: str, pharmacies: list[dict], rx_id: str, pid: str) -> list[tuple[str, int]]:

@@ -1,13 +1,17 @@
-"""The server's signing key: an RSA key made on first start, kept as a 0600 PEM under data_dir.
+"""The server's secrets: the RSA token signing key, and `persisted`, which makes any secret file
+the first time it is needed (the QR link key too) and keeps it as a 0600 file under data_dir.
 
-Several workers may start at once; the key file is created with O_EXCL so exactly one key wins and
-every worker loads that one.
+Several workers may start at once: a secret is written to a file of its own and then linked into
+place, which fails if the name exists, so exactly one secret wins, every worker loads that one, and
+none ever reads a half-written file.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from joserfc.jwk import KeySet, RSAKey
@@ -45,22 +49,25 @@ def public_keyset(settings: Settings) -> KeySet:
     return KeySet([signing_key(settings)])
 
 
-def _load_or_create(path: Path) -> RSAKey:
+def persisted(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The secret kept at `path`, made by `make` and saved (mode 0600) if there is none yet."""
     if not path.exists():
-        _create(path)
-    pem = path.read_bytes()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, draft = tempfile.mkstemp(dir=path.parent, prefix=".draft-")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(make())
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another worker made it first
+        finally:
+            os.unlink(draft)
+    return path.read_bytes()
+
+
+def _load_or_create(path: Path) -> RSAKey:
+    pem = persisted(path, lambda: RSAKey.generate_key(2048, private=True).as_pem(private=True))
     key = RSAKey.import_key(pem)
     return RSAKey.import_key(
         pem, parameters={"kid": key.thumbprint(), "use": "sig", "alg": ALGORITHM}
     )
-
-
-def _create(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = RSAKey.generate_key(2048, private=True).as_pem(private=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # another worker made it first
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)

@@ -10,7 +10,6 @@ one step are identical: a cached PDF and a fresh one carry the same code.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import threading
@@ -22,6 +21,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
+from vitasync_fhir.auth.keys import persisted
 from vitasync_fhir.config import Settings
 
 PATH = "/verify/"
@@ -61,21 +61,10 @@ def secret(settings: Settings) -> OctKey:
     with _lock:
         key = _cache.get(path)
         if key is None:
-            if not path.exists():
-                _create(path)
-            key = OctKey.import_key(path.read_bytes().strip())
+            made = persisted(path, lambda: secrets.token_urlsafe(48).encode())
+            key = OctKey.import_key(made.strip())
             _cache[path] = key
         return key
-
-
-def _create(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # another worker made it first
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(48))
 
 
 def expiry(settings: Settings, now: float | None = None) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -560,8 +561,13 @@ def _one_row(c: Criterion, resource_type: str) -> bool:
     an index range answers, instead of each selecting its own half of the table."""
     if c.param.type != "date" or c.modifier or c.missing is not None or c.chain or c.has:
         return False
+    return _single_valued_param(resource_type, c.param.expression)
+
+
+@cache
+def _single_valued_param(resource_type: str, expression: str) -> bool:
     prefix = resource_type + "."
-    paths = [part.strip().strip("()") for part in c.param.expression.split("|")]
+    paths = [part.strip().strip("()") for part in expression.split("|")]
     mine = [p[len(prefix) :] for p in paths if p.startswith(prefix)]
     return (
         len(mine) == 1
