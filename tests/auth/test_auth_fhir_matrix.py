@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from vitasync_fhir.auth import policy
 from vitasync_fhir.auth.scopes import Scope
 from vitasync_fhir.fhir import validation
+from vitasync_fhir.fhir.search import query
 
 
 def in_compartment(resource_type: str, pid: str) -> dict:
@@ -168,7 +169,7 @@ def test_role_matrix_through_fhir(role, client, anonymous, signed_in, people):  
 
 
 def test_a_patient_cannot_reach_others_through_includes_chains_has_or_history(
-    client, anonymous, signed_in, people
+    client, anonymous, signed_in, people, monkeypatch
 ):  # type: ignore[no-untyped-def]
     own, other = people["own"], people["other"]
     mine = create(client, observation(patient_ref=f"Patient/{own}", code="8867-4"))["id"]
@@ -194,6 +195,9 @@ def test_a_patient_cannot_reach_others_through_includes_chains_has_or_history(
     }
     assert ids("/fhir/Observation?subject.family=Other") == set()
     assert ids("/fhir/Patient?_has:Observation:subject:code=8867-4") == {f"Patient/{own}"}
+    monkeypatch.setattr(query, "DENSE_SOURCES", 1)  # the shape for many sources: per target
+    assert ids("/fhir/Patient?_has:Observation:subject:code=8867-4") == {f"Patient/{own}"}
+    monkeypatch.undo()
     assert ids(f"/fhir/Patient/{other}/Observation") == set()
     history = {key for key in ids("/fhir/Observation/_history")}
     assert history == {f"Observation/{mine}"}

@@ -12,6 +12,8 @@ from decimal import Decimal
 import pytest
 from search_support import FHIR, JSON, Loaded
 
+from vitasync_fhir.fhir.search import query
+
 pytestmark = pytest.mark.synthea
 
 
@@ -476,7 +478,16 @@ def test_chains(synthea: Loaded) -> None:
     )
 
 
-def test_reverse_chains(synthea: Loaded) -> None:
+@pytest.fixture(params=["gathered", "per-target"])
+def reverse_chain_shape(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both SQL shapes of a reverse chain: sources gathered first (few sources) and each target
+    probing for one source (many sources), forced by the threshold between them."""
+    threshold = 10**9 if request.param == "gathered" else 1
+    monkeypatch.setattr(query, "DENSE_SOURCES", threshold)
+    return str(request.param)
+
+
+def test_reverse_chains(synthea: Loaded, reverse_chain_shape: str) -> None:
     def with_bp(p: dict) -> bool:
         return any(
             refers(o.get("subject"), f"Patient/{p['id']}") and has_code(o["code"], "55284-4")
@@ -507,6 +518,17 @@ def test_reverse_chains(synthea: Loaded) -> None:
         found(synthea, "Practitioner", ("_has:Encounter:practitioner:patient.name", "buster"))
         == practitioners_of_buster
     )
+    paged: list[str] = []
+    bundle = search(
+        synthea, "Patient", ("_has:Observation:patient:code", "55284-4"), ("_count", "1")
+    )
+    while True:
+        paged.extend(e["resource"]["id"] for e in bundle.get("entry", []))
+        following = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        if not following:
+            break
+        bundle = synthea.client.get(following[0]).json()
+    assert sorted(paged) == sorted(synthea.ids("Patient", with_bp))
 
 
 # == uri ===========================================================================================

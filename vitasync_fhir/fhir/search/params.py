@@ -145,6 +145,9 @@ class Criterion:
     reference may point to; for a reverse chain (`_has:Observation:patient:code=x`), `has` is
     (source type, reference parameter) and `chain` the one criterion on the source type.
     `target_types` restricts a reference parameter to the types of a `:Type` modifier.
+    `per_target` (reverse chains only) is how the SQL tests it, not what it means: each candidate
+    target probes for one source instead of all sources being gathered first; `query` sets it when
+    the sources are many and a page of targets is wanted.
     """
 
     name: str
@@ -155,6 +158,7 @@ class Criterion:
     target_types: tuple[str, ...] = ()
     chain: list[tuple[str, Criterion]] = field(default_factory=list)
     has: tuple[str, str] | None = None
+    per_target: bool = False
 
 
 @dataclass(frozen=True, slots=True)
