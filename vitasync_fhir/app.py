@@ -20,6 +20,7 @@ from vitasync_fhir.db import Database
 from vitasync_fhir.documents.pages import router as verify_router
 from vitasync_fhir.documents.router import router as documents_router
 from vitasync_fhir.fhir import operations
+from vitasync_fhir.fhir.plainread import PlainReads
 from vitasync_fhir.fhir.router import router as fhir_router
 from vitasync_fhir.fhir.search.routes import router as search_router
 from vitasync_fhir.limits import BodyLimit
@@ -69,4 +70,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Location", "ETag", "Last-Modified", "Content-Location"],
         )
+    app.add_middleware(PlainReads)  # outermost: the commonest request skips the rest
     return app

@@ -69,7 +69,7 @@ def _not_modified(request: Request, version: Version) -> bool:
     return False
 
 
-def _read_answer(request: Request, version: Version) -> Response:
+def read_answer(request: Request, version: Version) -> Response:
     headers = version_headers(request, version)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)
@@ -135,7 +135,7 @@ async def vread(
 ) -> Response:
     """One version of a resource."""
     version = await Resources(session, access).vread(resource_type, resource_id, version_id)
-    return _read_answer(request, version)
+    return read_answer(request, version)
 
 
 @router.get("/{resource_type:fhirtype}/{resource_id}", name="read")
@@ -148,7 +148,7 @@ async def read(
 ) -> Response:
     """The current version of a resource."""
     version = await Resources(session, access).read(resource_type, resource_id)
-    return _read_answer(request, version)
+    return read_answer(request, version)
 
 
 @router.post("/{resource_type:fhirtype}", name="create")
