@@ -196,6 +196,7 @@ def test_a_patient_cannot_reach_others_through_includes_chains_has_or_history(
     assert ids("/fhir/Observation?subject.family=Other") == set()
     assert ids("/fhir/Patient?_has:Observation:subject:code=8867-4") == {f"Patient/{own}"}
     monkeypatch.setattr(query, "DENSE_SOURCES", 1)  # the shape for many sources: per target
+    monkeypatch.setattr(query, "DENSE_SHARE", 0.0)
     assert ids("/fhir/Patient?_has:Observation:subject:code=8867-4") == {f"Patient/{own}"}
     monkeypatch.undo()
     assert ids(f"/fhir/Patient/{other}/Observation") == set()

@@ -482,8 +482,9 @@ def test_chains(synthea: Loaded) -> None:
 def reverse_chain_shape(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both SQL shapes of a reverse chain: sources gathered first (few sources) and each target
     probing for one source (many sources), forced by the threshold between them."""
-    threshold = 10**9 if request.param == "gathered" else 1
-    monkeypatch.setattr(query, "DENSE_SOURCES", threshold)
+    per_target = request.param == "per-target"
+    monkeypatch.setattr(query, "DENSE_SOURCES", 1 if per_target else 10**9)
+    monkeypatch.setattr(query, "DENSE_SHARE", 0.0)
     return str(request.param)
 
 

@@ -17,6 +17,7 @@ Query shapes, chosen so that PostgreSQL and SQLite both drive them from an index
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -69,9 +70,13 @@ from vitasync_fhir.fhir.validation import single_valued
 Restrict = Callable[[FromClause, tuple[str, ...]], ColumnElement[bool] | None]
 Types = tuple[str, ...]
 _CHUNK = 500
-# A reverse chain selecting this many sources or more is tested per target when a page is wanted:
-# below it, gathering the sources costs under about 30 ms at the tenfold benchmark scale.
+# A reverse chain is tested per target (for a page) when it selects DENSE_SOURCES sources or more
+# (fewer cost under about 30 ms to gather at the tenfold benchmark scale) and they are estimated
+# to reach DENSE_SHARE of the targets or more; see `_walk_pays`.
 DENSE_SOURCES = 2000
+DENSE_SHARE = 0.25
+DENSE_SAMPLE = 500
+DENSE_CAP = 100_000
 _INCLUDE_ROUNDS = 5
 
 
@@ -219,21 +224,64 @@ def _has_clause(
     return r.c.id.in_(select(ref.c.target_id).where(*where))
 
 
-async def _many_sources(session: AsyncSession, c: Criterion, restrict: Restrict | None) -> bool:
-    """Whether a reverse chain selects at least DENSE_SOURCES sources (an index range read that
-    stops there)."""
-    sample = _has_sources(c, restrict).limit(DENSE_SOURCES).subquery()
-    found = (await session.execute(select(func.count()).select_from(sample))).scalar_one()
-    return int(found) >= DENSE_SOURCES
+async def _count(session: AsyncSession, rows: Select, cap: int) -> int:
+    """How many rows `rows` selects, counting no further than `cap`."""
+    capped = rows.limit(cap).subquery()
+    return int((await session.execute(select(func.count()).select_from(capped))).scalar_one())
+
+
+async def _walk_pays(
+    session: AsyncSession, c: Criterion, target_type: str, restrict: Restrict | None
+) -> bool:
+    """Whether testing each target beats gathering every source, for one page.
+
+    Gathering costs in proportion to the sources; walking the targets in page order costs in
+    proportion to the targets it passes before a page is full, so it pays only when the sources
+    are many and spread over a good share of the targets (a code on most patients' Observations),
+    not when they are many on a few (a lab repeated on some patients). The share is estimated
+    from index reads that stop early: how many sources each target has among the first
+    DENSE_SAMPLE sources, the targets (up to DENSE_CAP), and the sources up to the number that
+    would reach that share.
+    """
+    assert c.has is not None
+    source_type, reference = c.has
+    sources = _has_sources(c, restrict)
+    if await _count(session, sources, DENSE_SOURCES) < DENSE_SOURCES:
+        return False
+    ref = search_reference
+    sample = sources.limit(DENSE_SAMPLE).subquery()
+    spread = select(func.count(func.distinct(ref.c.target_id))).where(
+        ref.c.resource_type == source_type,
+        ref.c.param == reference,
+        ref.c.target_type == target_type,
+        ref.c.resource_id.in_(select(sample.c[0])),
+    )
+    distinct = int((await session.execute(spread)).scalar_one())
+    if distinct == 0:
+        return False
+    target, clauses = scope((target_type,), restrict=restrict)
+    targets = await _count(session, select(target.c.id).where(*clauses), DENSE_CAP)
+    # Sources per target as in the sample: enough sources to reach DENSE_SHARE of the targets.
+    needed = max(DENSE_SOURCES, math.ceil(DENSE_SHARE * targets * DENSE_SAMPLE / distinct))
+    return await _count(session, sources, needed) >= needed
 
 
 async def plan_has(
-    session: AsyncSession, criteria: Sequence[Criterion], *, restrict: Restrict | None
+    session: AsyncSession,
+    types: Types,
+    criteria: Sequence[Criterion],
+    *,
+    restrict: Restrict | None,
 ) -> list[Criterion]:
-    """`criteria` with each reverse chain over many sources tested per target (for a page)."""
+    """`criteria` with each reverse chain tested per target where that is cheaper (for a page)."""
     out = []
     for c in criteria:
-        if c.has is not None and not c.per_target and await _many_sources(session, c, restrict):
+        if (
+            c.has is not None
+            and len(types) == 1
+            and not c.per_target
+            and await _walk_pays(session, c, types[0], restrict)
+        ):
             c = replace(c, per_target=True)
         out.append(c)
     return out
@@ -648,7 +696,7 @@ async def fetch_page(
 ) -> Page:
     """One page of matches after `position` (the sort values of the row before it), or before
     it when `reverse` (a previous page), in page order."""
-    criteria = await plan_has(session, criteria, restrict=restrict)
+    criteria = await plan_has(session, types, criteria, restrict=restrict)
     r, clauses = matches(types, criteria, restrict=restrict, compartment=compartment)
     columns = sort_columns(sort, r, types)
     if position is not None:
@@ -708,7 +756,7 @@ async def match_ids(
     limit: int,
     restrict: Restrict | None,
 ) -> list[str]:
-    criteria = await plan_has(session, criteria, restrict=restrict)
+    criteria = await plan_has(session, (resource_type,), criteria, restrict=restrict)
     r, clauses = matches((resource_type,), criteria, restrict=restrict)
     statement = select(r.c.id).where(*clauses).order_by(r.c.id).limit(limit)
     return list((await session.execute(statement)).scalars())
