@@ -182,23 +182,43 @@ def _chain_clause(
     return _member(r, types, ref, c.param.code, or_(*alternatives))
 
 
-def _has_sources(c: Criterion, restrict: Restrict | None) -> Select:
-    """The ids of the source resources a reverse chain's inner criterion selects."""
+def _has_sources(c: Criterion, restrict: Restrict | None, *, of: Any = None) -> Select:
+    """The ids of the source resources a reverse chain's inner criterion selects; with `of` (a
+    source id column of an outer query), whether that one source is selected, as a lookup by id.
+    """
     assert c.has is not None
     source_type, _ = c.has
     ((_, inner),) = c.chain
     source, clauses = scope((source_type,), restrict=restrict)
-    if len(clauses) == 2 and _index_only(inner):  # type and not-deleted: the index says both
+    if _sources_indexed(c, restrict):
         table, param = _index_of(inner)
         t = table.alias()
+        value = or_(*[value_clause(inner, v, t) for v in inner.values])
+        if of is None:
+            return select(t.c.resource_id).where(
+                t.c.resource_type == source_type, t.c.param == param, value
+            )
+        # The value test sits behind COALESCE so that no index on the value can serve it: the
+        # lookup must go by (type, id, param), whatever the statistics say of the value.
         return select(t.c.resource_id).where(
             t.c.resource_type == source_type,
+            t.c.resource_id == of,
             t.c.param == param,
-            or_(*[value_clause(inner, v, t) for v in inner.values]),
+            func.coalesce(value, false()).is_(true()),
         )
+    if of is not None:
+        clauses.append(source.c.id == of)
     return select(source.c.id).where(
         *clauses, criterion_clause(inner, source, (source_type,), restrict=restrict)
     )
+
+
+def _sources_indexed(c: Criterion, restrict: Restrict | None) -> bool:
+    """Whether one index table answers the reverse chain's sources (no access filter on them)."""
+    assert c.has is not None
+    ((_, inner),) = c.chain
+    _, clauses = scope((c.has[0],), restrict=restrict)
+    return len(clauses) == 2 and _index_only(inner)  # type and not-deleted: the index says both
 
 
 def _has_clause(
@@ -210,18 +230,20 @@ def _has_clause(
     subquery with LIMIT 1 that the planner cannot flatten into a join over all sources."""
     assert c.has is not None
     source_type, reference = c.has
-    sources = _has_sources(c, restrict)
     ref = search_reference.alias()
     where = [
         ref.c.resource_type == source_type,
         ref.c.param == reference,
         ref.c.target_type == types[0],
-        ref.c.resource_id.in_(sources),
     ]
     if c.per_target:
-        probe = select(literal(1)).where(*where, ref.c.target_id == r.c.id).limit(1)
-        return probe.scalar_subquery().is_not(None)
-    return r.c.id.in_(select(ref.c.target_id).where(*where))
+        # Each reference of the target asks for its own source by id: an index lookup per row
+        # (as a join, a misestimate of the sources made PostgreSQL compare every pair).
+        one = _has_sources(c, restrict, of=ref.c.resource_id).limit(1).scalar_subquery()
+        probe = select(literal(1)).where(*where, ref.c.target_id == r.c.id, one.is_not(None))
+        return probe.limit(1).scalar_subquery().is_not(None)
+    sources = _has_sources(c, restrict)
+    return r.c.id.in_(select(ref.c.target_id).where(*where, ref.c.resource_id.in_(sources)))
 
 
 async def _count(session: AsyncSession, rows: Select, cap: int) -> int:
@@ -245,6 +267,8 @@ async def _walk_pays(
     """
     assert c.has is not None
     source_type, reference = c.has
+    if not _sources_indexed(c, restrict):  # sources behind an access filter: gather them
+        return False
     sources = _has_sources(c, restrict)
     if await _count(session, sources, DENSE_SOURCES) < DENSE_SOURCES:
         return False
