@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -47,17 +48,25 @@ EXPORT_TARGET = 20_000  # resources/s of a whole-system $export
 # Access tokens must outlive the run; the server is told so (VITASYNC_ACCESS_TOKEN_SECONDS).
 TOKEN_SECONDS_MARGIN = 600
 
-# -- SEARCH (not measured yet) ---------------------------------------------------------------
-# Search is being built. When it lands, add queries here as (name, path) and they will be run
-# like the reads (same concurrencies, wrk, floor ratio left empty). `{Patient}` is replaced by a
-# random Patient id from the ingest. Keep them selective: Synthea has 88,674 Observations.
-SEARCH_QUERIES: list[tuple[str, str]] = [
-    # ("search Observation by patient and code",
-    #  "/fhir/Observation?patient={Patient}&code=http://loinc.org|85354-9"),
-    # ("search Patient by family name", "/fhir/Patient?family=Kreiger"),
+# -- Beside the reads: the same loads for searches, the /api face and the prescription PDF --------
+# (name, path template); `{Type}` becomes a random id of that type from the ingest.
+# The search queries are those of issue 3 that a client sends over and over; the tenfold latencies
+# of all of them (and the deep page) are measured one at a time by `python -m benchmarks.search`.
+OTHER_READS: list[tuple[str, str]] = [
+    # Not patient data, so no AuditEvent: beside `read`, what auditing a read costs.
+    ("read Practitioner (not audited)", "/fhir/Practitioner/{Practitioner}"),
+    ("search Observation by patient, code, date",
+     "/fhir/Observation?patient={Patient}&code=http://loinc.org|8867-4&date=ge2015-01-01"),
+    ("search active prescriptions with requester",
+     "/fhir/MedicationRequest?patient={Patient}&status=active"
+     "&_include=MedicationRequest:requester"),
+    ("search Patient by birthdate", "/fhir/Patient?birthdate=ge2000-01-01"),
+    ("search Patient _has blood pressure panel",
+     "/fhir/Patient?_has:Observation:patient:code=http://loinc.org|55284-4"),
+    ("/api get patient", "/api/patients/{Patient}"),
+    ("/api list vitals of a patient", "/api/vitals?patient={Patient}&per_page=20"),
+    ("prescription PDF", "/api/prescriptions/{MedicationRequest}/pdf"),
 ]
-MEASURE_SEARCH = False  # flip to True together with filling SEARCH_QUERIES
-# ----------------------------------------------------------------------------------------------
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -317,11 +326,16 @@ class Bench:
         versions = [f"/fhir/{loc}" for loc in self.locations]
         read = Job("read", self.paths_file("read", current))
         jobs = [read, Job("vread", self.paths_file("vread", versions))]
-        if MEASURE_SEARCH and SEARCH_QUERIES:
-            patients = [p.rsplit("/", 1)[1] for p in current if p.startswith("/fhir/Patient/")]
-            for name, query in SEARCH_QUERIES:
-                expanded = [query.replace("{Patient}", pid) for pid in patients[:1000]]
-                jobs.append(Job(name, self.paths_file(name.replace(" ", "-"), expanded)))
+        ids: dict[str, list[str]] = {}
+        for path in current:
+            _, resource_type, resource_id = path.split("/", 3)[1:]
+            ids.setdefault(resource_type, []).append(resource_id)
+        for name, template in OTHER_READS:
+            kind = re.search(r"\{(\w+)\}", template)
+            pool = ids.get(kind[1], [])[:1000] if kind else [""]
+            expanded = [template.replace(kind[0], i) if kind else template for i in pool]
+            jobs.append(Job(name, self.paths_file(name.replace(" ", "-").replace("/", ""),
+                                                  expanded)))
         return read, jobs
 
     def reads(self) -> None:

@@ -4,6 +4,7 @@ other ways in (POST, across types, in a compartment), on SQLite and PostgreSQL a
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -97,6 +98,45 @@ def test_sort_by_last_updated_and_id(synthea: Loaded) -> None:
     assert ids(get(synthea, "Observation", ("_sort", "-_id"), ("_count", "1000"))) == sorted(
         synthea.ids("Observation"), reverse=True
     )
+
+
+def test_filtered_and_sorted_on_one_date_parameter_pages_in_order(synthea: Loaded) -> None:
+    """`Encounter?date=ge…&_sort=±date`: filter and sort share the one index row of the period
+    (a join that pages straight off the index); the order, and pages both ways, as computed here."""
+
+    def instant(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    since = datetime(2015, 1, 1, tzinfo=UTC)
+    chosen = [
+        e
+        for e in synthea.of("Encounter")
+        if instant(e["period"]["end"]) > since + timedelta(days=1)
+        or instant(e["period"]["start"]) >= since
+    ]
+    assert 3 < len(chosen) < len(synthea.of("Encounter"))
+    expected = {
+        "date": [
+            e["id"] for e in sorted(chosen, key=lambda e: (instant(e["period"]["start"]), e["id"]))
+        ],
+        "-date": [
+            e["id"]
+            for e in sorted(
+                chosen, key=lambda e: (instant(e["period"]["end"]), e["id"]), reverse=True
+            )
+        ],
+    }
+    for sort, order in expected.items():
+        pages = [
+            get(synthea, "Encounter", ("date", "ge2015-01-01"), ("_sort", sort), ("_count", "3"))
+        ]
+        while link(pages[-1], "next"):
+            pages.append(follow(synthea, link(pages[-1], "next")))
+        assert [i for page in pages for i in ids(page)] == order, sort
+        back = [pages[-1]]
+        while link(back[-1], "previous"):
+            back.append(follow(synthea, link(back[-1], "previous")))
+        assert [ids(p) for p in reversed(back)] == [ids(p) for p in pages], sort
 
 
 # == pages =========================================================================================

@@ -684,6 +684,39 @@ def _single_valued_param(resource_type: str, expression: str) -> bool:
     )
 
 
+def _sorted_by_filter(
+    types: Types, criteria: Sequence[Criterion], sort: Sequence[SortKey]
+) -> list[Criterion] | None:
+    """The date criteria that both filter and (as the only _sort key) order a search on a
+    single-valued parameter: `Encounter?date=ge2019-06&date=lt2019-07&_sort=-date`."""
+    if len(types) != 1 or len(sort) != 1 or sort[0].param.type != "date":
+        return None
+    code = sort[0].param.code
+    group = [c for c in criteria if c.param.code == code and _one_row(c, types[0])]
+    return group or None
+
+
+def _filter_row_sort(
+    group: list[Criterion],
+    key: SortKey,
+    r: FromClause,
+    types: Types,
+    clauses: list[ColumnElement[bool]],
+) -> tuple[FromClause, SortColumn]:
+    """Filter and sort on the one index row of a single-valued date parameter, joined: an index
+    on (type, param, high) can then hand over the rows in page order and stop at a page, where a
+    sort value looked up per match had to be read for every match first."""
+    table, param = _index_of(group[0])
+    t = table.alias()
+    clauses.extend(or_(*[value_clause(c, v, t) for v in c.values]) for c in group)
+    joined = r.join(
+        t,
+        and_(t.c.resource_type == types[0], t.c.resource_id == r.c.id, t.c.param == param),
+    )
+    column = t.c.high if key.descending else t.c.low
+    return joined, SortColumn(column, key.descending, False, "int")
+
+
 def _same_row(group: list[Criterion], r: FromClause, types: Types) -> ColumnElement[bool]:
     table, param = _index_of(group[0])
     t = table.alias()
@@ -721,12 +754,19 @@ async def fetch_page(
     """One page of matches after `position` (the sort values of the row before it), or before
     it when `reverse` (a previous page), in page order."""
     criteria = await plan_has(session, types, criteria, restrict=restrict)
+    sorted_by = _sorted_by_filter(types, criteria, sort)
+    if sorted_by is not None:
+        criteria = [c for c in criteria if c not in sorted_by]
     r, clauses = matches(types, criteria, restrict=restrict, compartment=compartment)
+    source: FromClause = r
     columns = sort_columns(sort, r, types)
+    if sorted_by is not None:
+        source, columns[0] = _filter_row_sort(sorted_by, sort[0], r, types, clauses)
     if position is not None:
         clauses.append(after(columns, position, reverse=reverse))
     statement = (
         select(r.c.resource_type, r.c.id, r.c.content, *[c.expression for c in columns])
+        .select_from(source)
         .where(*clauses)
         .order_by(*order_by(columns, reverse=reverse))
         .limit(count + 1)
