@@ -75,7 +75,7 @@ class Postgres:
             return str(conn.execute("SHOW server_version").fetchone()[0])
 
     def settings(self) -> dict[str, str]:
-        names = ("shared_buffers", "max_connections", "synchronous_commit", "fsync")
+        names = ("shared_buffers", "max_connections", "synchronous_commit", "fsync", "autovacuum")
         with self.admin() as conn:
             return {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}
 

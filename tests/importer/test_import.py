@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 from factories import observation, patient
 from import_helpers import (
@@ -17,9 +18,11 @@ from import_helpers import (
     write_archive,
     write_json,
 )
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from vitasync_fhir.cli import cli
+from vitasync_fhir.db import sync_url
 
 
 def run_import(database_url: str, *args: str) -> tuple[int, str]:
@@ -239,3 +242,24 @@ def test_two_imports_of_the_same_input_at_once_load_it_once(database_url, tmp_pa
     assert (counts.of("Patient"), counts.of("Observation")) == (bundles, bundles * 4)
     assert set(counts.patients_by_identifier().values()) == {1}
     assert counts.progress() == bundles
+
+
+def test_an_import_leaves_planner_statistics_behind(database_url, tmp_path):
+    """ANALYZE after the load: searches must not be planned on the statistics of empty tables."""
+    bundle = write_json(tmp_path / "a.json", patient_bundle("mrn-stats", observations=3))
+    engine = create_engine(sync_url(database_url))
+    started = datetime.now(UTC)
+    code, output = run_import(database_url, str(bundle))
+    assert code == 0, output
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            analyzed = conn.execute(
+                text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'search_token'")
+            ).scalar_one()
+            assert analyzed is not None and analyzed >= started
+        else:
+            rows = conn.execute(
+                text("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'search_token'")
+            ).scalar_one()
+            assert rows > 0
+    engine.dispose()

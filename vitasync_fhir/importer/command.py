@@ -101,9 +101,20 @@ async def _run(
                     ]
                     break
                 wanted = set(tally.deferred)
+            if tally.resources:
+                await _analyze(database)
         finally:
             await database.dispose()
     return tally
+
+
+async def _analyze(database: Database) -> None:
+    """Fresh planner statistics after a bulk load, as autovacuum would gather some time later
+    (where it runs at all): searches planned on the statistics of a near-empty table can take a
+    code on thousands of resources for one on a single row and pick a plan to match."""
+    async with database.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.exec_driver_sql("ANALYZE")
 
 
 async def _pass(  # type: ignore[no-untyped-def]

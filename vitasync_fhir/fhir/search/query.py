@@ -274,12 +274,20 @@ async def _walk_pays(
         return False
     ref = search_reference
     sample = sources.limit(DENSE_SAMPLE).subquery()
-    spread = select(func.count(func.distinct(ref.c.target_id))).where(
-        ref.c.resource_type == source_type,
-        ref.c.param == reference,
-        ref.c.target_type == target_type,
-        ref.c.resource_id.in_(select(sample.c[0])),
+    # The target of each sampled source, looked up by the source's id (a join here could be
+    # planned as a scan of every reference when the statistics are stale).
+    target_of = (
+        select(ref.c.target_id)
+        .where(
+            ref.c.resource_type == source_type,
+            ref.c.resource_id == sample.c[0],
+            ref.c.param == reference,
+            func.coalesce(ref.c.target_type == target_type, false()).is_(true()),
+        )
+        .limit(1)
+        .scalar_subquery()
     )
+    spread = select(func.count(func.distinct(target_of))).select_from(sample)
     distinct = int((await session.execute(spread)).scalar_one())
     if distinct == 0:
         return False
