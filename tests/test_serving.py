@@ -1,6 +1,6 @@
-"""`serve --workers 2`: connections opened at once are spread over both workers (each has a
-listening socket of its own), and a worker that dies is replaced while the other keeps answering.
-Runs the real command on the embedded SQLite default."""
+"""`serve --workers 2`: connections opened at once are spread over both workers, and a worker
+that dies is replaced while the other keeps answering. Runs the real command on the embedded
+SQLite default."""
 
 from __future__ import annotations
 
@@ -51,6 +51,30 @@ def _established_inodes(port: int) -> set[str]:
     return found
 
 
+def _held(port: int, workers: set[int]) -> dict[int, int]:
+    established = _established_inodes(port)
+    return {pid: len(_socket_inodes(pid) & established) for pid in workers}
+
+
+def _wait_until_both_accept(port: int, workers: set[int]) -> None:
+    """`serve` answers once one worker is up; the other may still be loading the app, and then
+    the first accepts everything. Open connections until each worker holds one."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        probes = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        try:
+            for sock in probes:
+                sock.sendall(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(12).startswith(b"HTTP/1.1 200")
+            if min(_held(port, workers).values()) > 0:
+                return
+        finally:
+            for sock in probes:
+                sock.close()
+        time.sleep(0.5)
+    raise AssertionError("the second worker never accepted a connection")
+
+
 def test_connections_opened_at_once_reach_both_workers_and_a_dead_worker_is_replaced(
     tmp_path: Path,
 ) -> None:
@@ -67,14 +91,14 @@ def test_connections_opened_at_once_reach_both_workers_and_a_dead_worker_is_repl
         supervisor = process.pid
         workers = _workers(supervisor)
         assert len(workers) == 2
+        _wait_until_both_accept(port, workers)
         sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
         try:
             for sock in sockets:
                 sock.sendall(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
             for sock in sockets:
                 assert sock.recv(12).startswith(b"HTTP/1.1 200")
-            established = _established_inodes(port)
-            held = {pid: len(_socket_inodes(pid) & established) for pid in workers}
+            held = _held(port, workers)
         finally:
             for sock in sockets:
                 sock.close()
