@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import typer
-import uvicorn
 
-from vitasync_fhir import migrations
+from vitasync_fhir import migrations, serving
 from vitasync_fhir.auth.commands import create_client, create_user
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import is_sqlite
@@ -31,15 +30,7 @@ def serve(
     typer.echo(f"VitaSync FHIR on http://{host}:{port}/fhir  (database: {settings.database_url})")
     # Relays queued e-mail at start; without Redis it also runs the task consumer in-process.
     with notify_serving(settings):
-        uvicorn.run(
-            "vitasync_fhir.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            proxy_headers=True,
-        )
+        serving.serve(host, port, workers)
 
 
 @cli.command()

@@ -69,7 +69,9 @@ def _transaction(tag: str) -> dict:
     }
 
 
-def _writer(base: str, headers: dict, stop: threading.Event, acknowledged: list) -> None:
+def _writer(
+    base: str, headers: dict, stop: threading.Event, acknowledged: list, refused: list
+) -> None:
     with httpx.Client(base_url=base, headers={**headers, **FHIR_JSON}, timeout=10) as http:
         while not stop.is_set():
             tag = uuid.uuid4().hex
@@ -86,6 +88,8 @@ def _writer(base: str, headers: dict, stop: threading.Event, acknowledged: list)
                 continue  # the server is gone: this write was never acknowledged
             if answer.status_code in (200, 201):
                 acknowledged.append(tag)
+            else:  # an answer that is not a success is a bug, crash or not
+                refused.append(f"{answer.status_code} {answer.text[:300]}")
 
 
 def _check(url: str, acknowledged: list[str]) -> None:
@@ -140,22 +144,31 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(postgres_url, tmp_path)
         "VITASYNC_DATA_DIR": str(tmp_path / "var"),
     }
     acknowledged: list[str] = []
+    refused: list[str] = []
     for _ in range(ROUNDS):
         process, base = start(cwd=tmp_path, env={**os.environ, **env}, workers=2)
         settings = Settings(database_url=postgres_url, base_url=base, signing_key_file=key)
         headers = service_headers(settings)
         stop = threading.Event()
         writers = [
-            threading.Thread(target=_writer, args=(base, headers, stop, acknowledged))
+            threading.Thread(target=_writer, args=(base, headers, stop, acknowledged, refused))
             for _ in range(WRITERS)
         ]
+        before = len(acknowledged)
         for writer in writers:
             writer.start()
-        time.sleep(random.uniform(0.3, 1.2))
+        # Kill once writes flow: a worker's first requests are slow on a loaded machine, and a
+        # fixed delay there could kill every round before anything was acknowledged.
+        deadline = time.monotonic() + 60
+        while len(acknowledged) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(acknowledged) > before, "no write was acknowledged within 60 s of the start"
+        time.sleep(random.uniform(0.1, 1.0))
         kill_hard(process)  # mid-flight: some requests are half-way through their transaction
         stop.set()
         for writer in writers:
             writer.join()
+        assert not refused, refused[:3]
         _check(postgres_url, acknowledged)
     assert len(acknowledged) > ROUNDS, "too few writes got through to make the test mean much"
     print(f"{ROUNDS} crashes, {len(acknowledged)} acknowledged writes, none lost")
