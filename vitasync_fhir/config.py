@@ -26,7 +26,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Browser origins (JSON list, e.g. ["https://app.example.org"]) allowed by CORS',
     )
-    db_pool_size: int = Field(default=10, description="Connections per worker (PostgreSQL)")
+    db_pool_size: int = Field(
+        default=10,
+        description="Connections per worker (PostgreSQL): SQLAlchemy keeps this many and opens as"
+        " many again under load; reads by id use up to this many more",
+    )
     db_statement_timeout_ms: int = Field(
         default=15000, description="PostgreSQL statement timeout; a timeout answers 503"
     )

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from vitasync_fhir.config import Settings
+from vitasync_fhir.readpool import ReadPool
 
 metadata = MetaData(
     naming_convention={
@@ -60,6 +61,19 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def _session_options(settings: Settings) -> str:
+    """PostgreSQL settings of every connection (libpq `options`).
+
+    Custom plans always: a search's selectivity depends on its values, and a generic plan chosen
+    after five runs of one statement can be a hundred times slower. No JIT: compiling a large
+    search's plan took longer (150 ms) than running it.
+    """
+    return (
+        f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        " -c plan_cache_mode=force_custom_plan -c jit=off"
+    )
+
+
 def _engine_options(settings: Settings) -> dict:
     if is_sqlite(settings.database_url):
         return {}
@@ -69,14 +83,7 @@ def _engine_options(settings: Settings) -> dict:
         # No pre-ping: it costs a round trip per request. A connection that died with the
         # server fails its request with a 503 and the pool drops every connection of that age.
         "pool_timeout": 10,
-        "connect_args": {
-            # Custom plans always: a search's selectivity depends on its values, and a generic
-            # plan chosen after five runs of one statement can be a hundred times slower. No JIT:
-            # compiling a large search's plan took longer (150 ms) than running it.
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}"
-            " -c plan_cache_mode=force_custom_plan -c jit=off",
-            "connect_timeout": 5,
-        },
+        "connect_args": {"options": _session_options(settings), "connect_timeout": 5},
     }
 
 
@@ -104,14 +111,22 @@ class Database:
             self.engine, expire_on_commit=False, info={"settings": settings}
         )
         # Reads run without BEGIN and ROLLBACK: under READ COMMITTED every statement has its own
-        # snapshot anyway, so a read-only transaction only added two round trips.
+        # snapshot anyway, so a read-only transaction only added two round trips. On PostgreSQL
+        # their primary-key reads take the lighter psycopg pool (readpool.py).
+        self.read_pool = (
+            None
+            if self.sqlite
+            else ReadPool(settings, options=_session_options(settings), limit=settings.db_pool_size)
+        )
         self.read_sessions = async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"),
             expire_on_commit=False,
-            info={"settings": settings, "read_only": True},
+            info={"settings": settings, "read_only": True, "read_pool": self.read_pool},
         )
 
     async def dispose(self) -> None:
+        if self.read_pool is not None:
+            await self.read_pool.close()
         await self.engine.dispose()
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[object]]) -> object:

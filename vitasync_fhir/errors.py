@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -92,14 +93,24 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+# Raised by SQLAlchemy, or by psycopg itself on the read pool (readpool.py, whose wait timeout is
+# one too); a statement timeout is psycopg's QueryCanceled, an OperationalError.
+_DATABASE_ERRORS = (DBAPIError, PoolTimeout, psycopg.Error)
+_UNAVAILABLE = (PoolTimeout, OperationalError, psycopg.OperationalError)
+
+
 def _transient(error: Exception) -> bool:
-    if isinstance(error, PoolTimeout):
-        return True
-    if isinstance(error, OperationalError):
+    if isinstance(error, _UNAVAILABLE):
         return True
     if isinstance(error, DBAPIError):
         return error.connection_invalidated or "statement timeout" in str(error.orig)
     return False
+
+
+def _nul_text(error: Exception) -> bool:
+    """PostgreSQL refused a NUL character in text (psycopg raises it before sending)."""
+    cause = getattr(error, "orig", error)
+    return isinstance(cause, psycopg.DataError) and "NUL" in str(cause)
 
 
 def install(app: FastAPI) -> None:
@@ -128,6 +139,10 @@ def install(app: FastAPI) -> None:
         return error_response(request, status, issues or [Issue("invalid", "Invalid request")])
 
     async def _database(request: Request, error: Exception) -> Response:
+        if _nul_text(error):  # every edge should refuse NUL; this catches one that did not
+            return error_response(
+                request, 400, [Issue("invalid", "Text cannot contain NUL (0x00) characters")]
+            )
         if not _transient(error):
             return await _unexpected(request, error)
         log.warning("database unavailable: %s", error.__class__.__name__)
@@ -138,7 +153,7 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "2"},
         )
 
-    for kind in (DBAPIError, PoolTimeout):
+    for kind in _DATABASE_ERRORS:
         app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)

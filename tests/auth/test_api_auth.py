@@ -221,3 +221,26 @@ def test_logins_are_audited(api: TestClient, make_user, run) -> None:  # type: i
     assert outcomes == ["0", "4"]
     assert all(e["agent"][0]["who"] == {"reference": user.fhir_user} for e in found)
     assert all(e["agent"][0]["network"]["address"] == "testclient" for e in found)
+
+
+def test_nul_in_account_text_is_refused_up_front(api: TestClient) -> None:
+    """PostgreSQL text cannot hold NUL: every account field refuses it before any SQL runs."""
+    bodies = {
+        "/api/auth/password-reset": {"email": "a\u0000b@example.org"},
+        "/api/auth/login": {"email": "a\u0000b@example.org", "password": PASSWORD},
+        "/api/auth/register": {"email": "jane@example.org", "password": PASSWORD, "family": "\x00"},
+    }
+    for path, body in bodies.items():
+        answer = api.post(path, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert set(answer.json()) == {"error", "detail"}
+
+
+def test_nul_that_reaches_the_database_is_a_400_not_a_500(api: TestClient) -> None:
+    """The last line: a NUL that some edge let through to PostgreSQL is the caller's error (here
+    an OAuth client id, looked up as given). SQLite stores NUL, and finds no such client."""
+    answer = api.post(
+        "/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": "a\x00b", "client_secret": "x"},
+    )
+    assert 400 <= answer.status_code < 500, answer.text

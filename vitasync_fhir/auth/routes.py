@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth import accounts, audit, throttle, tokens
@@ -22,43 +22,46 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 WRONG_CREDENTIALS = "The e-mail address or the password is wrong"
 
+# Text that may reach the database: PostgreSQL text cannot hold NUL, so it is refused up front.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+
 
 class Registration(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=256)
-    given: str | None = Field(default=None, max_length=200)
-    family: str | None = Field(default=None, max_length=200)
+    email: Text = Field(max_length=320)
+    password: Text = Field(max_length=256)
+    given: Text | None = Field(default=None, max_length=200)
+    family: Text | None = Field(default=None, max_length=200)
 
 
 class Credentials(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=256)
+    email: Text = Field(max_length=320)
+    password: Text = Field(max_length=256)
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: str = Field(max_length=200)
+    refresh_token: Text = Field(max_length=200)
 
 
 class LogoutRequest(BaseModel):
-    refresh_token: str | None = Field(default=None, max_length=200)
+    refresh_token: Text | None = Field(default=None, max_length=200)
 
 
 class ResetRequest(BaseModel):
-    email: str = Field(max_length=320)
+    email: Text = Field(max_length=320)
 
 
 class ResetConfirm(BaseModel):
-    token: str = Field(max_length=200)
-    password: str = Field(max_length=256)
+    token: Text = Field(max_length=200)
+    password: Text = Field(max_length=256)
 
 
 class NewUser(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=256)
-    role: str
-    given: str | None = Field(default=None, max_length=200)
-    family: str | None = Field(default=None, max_length=200)
-    fhir_id: str | None = Field(default=None, max_length=64)
+    email: Text = Field(max_length=320)
+    password: Text = Field(max_length=256)
+    role: Text
+    given: Text | None = Field(default=None, max_length=200)
+    family: Text | None = Field(default=None, max_length=200)
+    fhir_id: Text | None = Field(default=None, max_length=64)
 
 
 def _fail(error: AccountError) -> FhirError:

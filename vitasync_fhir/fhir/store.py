@@ -80,6 +80,8 @@ _CURRENT = select(resources).where(
     resources.c.resource_type == bindparam("type"), resources.c.id == bindparam("id")
 )
 _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+# The same query for the read pool (psycopg, PostgreSQL): `%(type)s`, `%(id)s`.
+_CURRENT_PG = str(_CURRENT.compile(dialect=postgresql.dialect()))
 
 
 class Store:
@@ -91,10 +93,15 @@ class Store:
         self, resource_type: str, resource_id: str, *, for_update: bool = False
     ) -> Version | None:
         """The current version; `for_update` locks the row until commit where the database can."""
+        params = {"type": resource_type, "id": resource_id}
+        pool = self.session.info.get("read_pool")
+        if pool is not None and not for_update:  # a read session on PostgreSQL
+            row = await pool.fetch_one(_CURRENT_PG, params)
+            return _version(row) if row else None
         query = _CURRENT_FOR_UPDATE if for_update else _CURRENT
         # Core on the session's connection: the ORM layer adds nothing to a primary-key read.
         connection = await self.session.connection()
-        result = await connection.execute(query, {"type": resource_type, "id": resource_id})
+        result = await connection.execute(query, params)
         row = result.first()
         return _version(row) if row else None
 
