@@ -214,6 +214,12 @@ class Service:
         spawned = [p for p in children(self.process.pid) if "spawn_main" in cmdline(p)]
         return spawned or [self.process.pid]
 
+    def renderers(self) -> list[int]:
+        """The PDF renderer processes the workers spawned (vitasync_fhir/documents/renderer.py)."""
+        workers = self.workers()
+        return [c for w in workers for c in children(w)
+                if c not in workers and "spawn_main" in cmdline(c)]
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:

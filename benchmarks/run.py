@@ -215,12 +215,17 @@ class Bench:
         for service in (self.server, self.floor):
             if service is not None:
                 taken[service.name] = {str(p): memory_kib(p) for p in service.workers()}
+                renderers = service.renderers()
+                if renderers:
+                    taken[f"{service.name} PDF renderer"] = {str(p): memory_kib(p)
+                                                             for p in renderers}
         self.results["rss_kib"][moment] = taken
 
     def cpu_groups(self) -> dict[str, Callable[[], list[int]]]:
         groups: dict[str, Callable[[], list[int]]] = {}
         if self.server is not None:
-            groups["ours"] = self.server.workers
+            server = self.server
+            groups["ours"] = lambda: server.workers() + server.renderers()
         if self.floor is not None:
             groups["floor"] = self.floor.workers
         groups["pg"] = lambda: self.pg.backend_pids(self.args.database)

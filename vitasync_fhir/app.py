@@ -33,6 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
         app.state.audit_trail.close()
+        renderer = getattr(app.state, "renderer", None)  # started by the first PDF
+        if renderer is not None:
+            renderer.close()
         await app.state.db.dispose()
 
     # FastAPIOffline serves the /docs assets from the package, so the docs work without internet.
