@@ -1,9 +1,11 @@
-"""Memory under a long mixed load: VmRSS of every worker, sampled while wrk runs for minutes.
+"""Memory under a long mixed load: VmRSS of every worker (and of the PDF renderers), sampled
+while wrk runs for minutes.
 
     python -m benchmarks.soak [--database vitasync_bench_search] [--minutes 10]
 
 Uses a database that `benchmarks.search load` (or `run ingest --keep-db`) filled. The load is
-8 connections of reads by id, vreads and the searches of `benchmarks.search`, in turn, for
+8 connections of reads by id, vreads, the searches of `benchmarks.search`, `/api/patients/{id}`
+and prescription PDFs (one request in about a hundred), in turn, for
 `--minutes`; every 30 s the RSS of each worker is recorded. The report gives each worker's RSS
 after warm-up, at the end and at its peak, and the growth over the run.
 """
@@ -39,10 +41,16 @@ def paths(pg: Postgres, database: str) -> list[str]:
             "SELECT resource_type, id, version_id FROM resources TABLESAMPLE SYSTEM (1) "
             "WHERE NOT deleted LIMIT 20000").fetchall()
         values = search.pick_values(conn)
+        prescriptions = [r[0] for r in conn.execute(
+            "SELECT id FROM resources WHERE resource_type = 'MedicationRequest' AND NOT deleted "
+            "ORDER BY random() LIMIT 2000").fetchall()]
     reads = [f"/fhir/{t}/{i}" for t, i, _ in rows]
     vreads = [f"/fhir/{t}/{i}/_history/{v}" for t, i, v in rows]
     searches = [q.format(**values) for _, q in search.QUERIES if q != "deep-page"]
-    mixed = reads + vreads + searches * (len(reads) // 20)
+    api = [f"/api/patients/{i}" for t, i, _ in rows if t == "Patient"]
+    # One PDF per 100 requests: each is a new render (a different prescription), ~0.3 s apiece.
+    pdfs = [f"/api/prescriptions/{i}/pdf" for i in prescriptions][: len(reads) // 100]
+    mixed = reads + vreads + searches * (len(reads) // 20) + api * 20 + pdfs
     random.shuffle(mixed)
     return mixed
 
@@ -83,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         while not done.wait(SAMPLE_SECONDS):
             samples.append({"s": round(time.monotonic() - clock),
                             "rss_mib": [round(memory_kib(p).get("VmRSS", 0) / 1024)
-                                        for p in server.workers()]})
+                                        for p in server.workers()],
+                            "renderer_rss_mib": [round(memory_kib(p).get("VmRSS", 0) / 1024)
+                                                 for p in server.renderers()]})
             print(samples[-1], flush=True)
     finally:
         server.stop()
@@ -117,6 +127,12 @@ def render(r: dict) -> str:
         lines.append(
             f"| {w + 1} | {series[0]} | {series[-1]} | {max(series)} | {growth:+} | {ok} |"
         )
+    renderers = [s.get("renderer_rss_mib") or [] for s in samples]
+    if any(renderers):
+        peak = max(max(r) for r in renderers if r)
+        lines += ["", f"PDF renderer processes (one per worker, started by the first PDF, "
+                  f"replaced after 200 renders): {renderers[-1] or 'none'} MiB at the end, peak "
+                  f"{peak} MiB."]
     return "\n".join(lines) + "\n"
 
 

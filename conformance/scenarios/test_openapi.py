@@ -31,12 +31,22 @@ schema = schemathesis.openapi.from_url(f"{_stage.base}/openapi.json").include(
 # those of the one template schemathesis had in mind. Every other check runs (no 5xx, documented
 # status codes and content types, response schemas and headers, negative data rejected).
 EXCLUDED = [positive_data_acceptance, allow_header_conformance]
-# Cases per operation: a few in CI; `CONFORMANCE_EXAMPLES=100 python -m conformance -- -k openapi`
-# generates 6,017 in all (issue 10's scripted check).
+# Cases per operation: a few in CI; `CONFORMANCE_EXAMPLES=100 CONFORMANCE_RANDOM=1 python -m
+# conformance -- -k openapi` generates about 6,000 in all (issue 10's scripted check).
 EXAMPLES = int(os.environ.get("CONFORMANCE_EXAMPLES", "8"))
+# The same cases on every run unless CONFORMANCE_RANDOM=1 (set it, with many examples, to hunt):
+# a project's CI must not fail on whichever old bug today's draw happens to reach. A random draw
+# found a 500 (NUL in an e-mail address on PostgreSQL) this way; it is fixed and tested.
+RANDOM = os.environ.get("CONFORMANCE_RANDOM") == "1"
 
 
 @schema.parametrize()
-@hypothesis_settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@hypothesis_settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not RANDOM,
+    database=None,
+)
 def test_the_server_matches_its_openapi_description(case):  # type: ignore[no-untyped-def]
     case.call_and_validate(headers=HEADERS, excluded_checks=EXCLUDED, timeout=60)
