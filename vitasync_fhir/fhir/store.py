@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import and_, bindparam, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import ColumnElement, FromClause
+from sqlalchemy.sql import ColumnElement, FromClause, Select
 
 from vitasync_fhir.db import mark_written
 from vitasync_fhir.fhir.search.index import write_indexes
@@ -80,8 +81,15 @@ _CURRENT = select(resources).where(
     resources.c.resource_type == bindparam("type"), resources.c.id == bindparam("id")
 )
 _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
-# The same query for the read pool (psycopg, PostgreSQL): `%(type)s`, `%(id)s`.
-_CURRENT_PG = str(_CURRENT.compile(dialect=postgresql.dialect()))
+_VERSION = select(resource_history).where(
+    resource_history.c.resource_type == bindparam("type"),
+    resource_history.c.id == bindparam("id"),
+    resource_history.c.version_id == bindparam("version"),
+)
+# The same queries as text for the read pool (psycopg on PostgreSQL: `%(type)s` parameters).
+_PG_TEXT = {
+    query: str(query.compile(dialect=postgresql.dialect())) for query in (_CURRENT, _VERSION)
+}
 
 
 class Store:
@@ -94,16 +102,17 @@ class Store:
     ) -> Version | None:
         """The current version; `for_update` locks the row until commit where the database can."""
         params = {"type": resource_type, "id": resource_id}
-        pool = self.session.info.get("read_pool")
-        if pool is not None and not for_update:  # a read session on PostgreSQL
-            row = await pool.fetch_one(_CURRENT_PG, params)
-            return _version(row) if row else None
-        query = _CURRENT_FOR_UPDATE if for_update else _CURRENT
-        # Core on the session's connection: the ORM layer adds nothing to a primary-key read.
-        connection = await self.session.connection()
-        result = await connection.execute(query, params)
-        row = result.first()
+        row = await self._first(_CURRENT_FOR_UPDATE if for_update else _CURRENT, params)
         return _version(row) if row else None
+
+    async def _first(self, query: Select, params: dict) -> Row | None:
+        """One row of a primary-key query: on the read pool in a read session on PostgreSQL,
+        else Core on the session's connection (the ORM adds nothing to a primary-key read)."""
+        pool = self.session.info.get("read_pool")
+        if pool is not None and query in _PG_TEXT:
+            return await pool.fetch_one(_PG_TEXT[query], params)
+        connection = await self.session.connection()
+        return (await connection.execute(query, params)).first()
 
     async def lock(self, resource_type: str, resource_id: str) -> Version | None:
         """The current version, with other writers of it held off until this transaction ends.
@@ -143,12 +152,8 @@ class Store:
     async def version(
         self, resource_type: str, resource_id: str, version_id: int
     ) -> Version | None:
-        query = select(resource_history).where(
-            resource_history.c.resource_type == resource_type,
-            resource_history.c.id == resource_id,
-            resource_history.c.version_id == version_id,
-        )
-        row = (await self.session.execute(query)).first()
+        params = {"type": resource_type, "id": resource_id, "version": version_id}
+        row = await self._first(_VERSION, params)
         return _version(row) if row else None
 
     async def write(self, writes: Sequence[Write]) -> None:
