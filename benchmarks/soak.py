@@ -113,8 +113,9 @@ def render(r: dict) -> str:
     samples = r["samples"]
     workers = len(samples[0]["rss_mib"]) if samples else 0
     lines = [f"# Memory soak, {r['started']}", "",
-             f"{r['minutes']:g} minutes of wrk with {r['connections']} connections (reads, vreads "
-             f"and the search queries, mixed): {r['load'].get('requests', 0):,} requests, "
+             f"{r['minutes']:g} minutes of wrk with {r['connections']} connections (reads, vreads, "
+             f"the search queries, /api gets and prescription PDFs, mixed): "
+             f"{r['load'].get('requests', 0):,} requests, "
              f"{r['load'].get('rps', 0):,.0f} req/s, {r['load'].get('errors', 0)} errors. "
              f"Load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average'])}.", "",
              "| worker | RSS after 30 s MiB | at the end MiB | peak MiB | growth after the first "

@@ -110,7 +110,7 @@ def test_a_dead_connection_fails_once_and_the_next_read_opens_a_fresh_one(
             *(pool.fetch_one("SELECT pg_backend_pid() AS pid, pg_sleep(0.1)", {}) for _ in range(3))
         )
         assert len({row.pid for row in first}) == 3
-        assert _terminate_readers(postgres_url) == 3
+        assert _terminate_readers(postgres_url) >= 3
         with pytest.raises(psycopg.OperationalError):
             await pool.fetch_one(PID, {})
         # The failure took the other idle connections (as old) with it: no second failure.
