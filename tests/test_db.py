@@ -42,3 +42,12 @@ def test_starting_the_app_loads_no_fhir_model(tmp_path) -> None:  # type: ignore
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) == 0  # models load when a resource of their type is validated
+
+
+def test_a_worker_holds_at_most_twice_db_pool_size_connections(postgres_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The read pool's connections come out of SQLAlchemy's overflow: with the floor app beside
+    it, 32 clients had pushed PostgreSQL past max_connections ("too many clients")."""
+    database = Database(Settings(database_url=postgres_url, data_dir=tmp_path, db_pool_size=6))
+    pool = database.engine.sync_engine.pool
+    assert database.read_pool is not None
+    assert pool.size() + pool._max_overflow + database.read_pool.limit == 12  # type: ignore[attr-defined]

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(
         default=10,
-        description="Connections per worker (PostgreSQL): SQLAlchemy keeps this many and opens as"
-        " many again under load; reads by id use up to this many more",
+        description="Connections per worker (PostgreSQL): at most twice this many under load,"
+        " half this many of them for reads by id",
     )
     db_statement_timeout_ms: int = Field(
         default=15000, description="PostgreSQL statement timeout; a timeout answers 503"

@@ -74,12 +74,20 @@ def _session_options(settings: Settings) -> str:
     )
 
 
+def read_pool_limit(settings: Settings) -> int:
+    """Connections of the read pool: half of db_pool_size (a primary-key read holds one for well
+    under a millisecond)."""
+    return max(1, settings.db_pool_size // 2)
+
+
 def _engine_options(settings: Settings) -> dict:
     if is_sqlite(settings.database_url):
         return {}
     return {
         "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_pool_size,
+        # As many again under load, less the read pool's share: a worker never holds more than
+        # twice db_pool_size connections in all (PostgreSQL refuses clients past max_connections).
+        "max_overflow": settings.db_pool_size - read_pool_limit(settings),
         # No pre-ping: it costs a round trip per request. A connection that died with the
         # server fails its request with a 503 and the pool drops every connection of that age.
         "pool_timeout": 10,
@@ -116,7 +124,9 @@ class Database:
         self.read_pool = (
             None
             if self.sqlite
-            else ReadPool(settings, options=_session_options(settings), limit=settings.db_pool_size)
+            else ReadPool(
+                settings, options=_session_options(settings), limit=read_pool_limit(settings)
+            )
         )
         self.read_sessions = async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"),
