@@ -18,6 +18,7 @@ from vitasync_fhir.config import Settings
 from vitasync_fhir.config import settings as default_settings
 from vitasync_fhir.db import Database
 from vitasync_fhir.documents.pages import router as verify_router
+from vitasync_fhir.documents.renderer import Renderer
 from vitasync_fhir.documents.router import router as documents_router
 from vitasync_fhir.fhir import operations
 from vitasync_fhir.fhir.plainread import PlainReads
@@ -33,9 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
         app.state.audit_trail.close()
-        renderer = getattr(app.state, "renderer", None)  # started by the first PDF
-        if renderer is not None:
-            renderer.close()
+        app.state.renderer.close()
         await app.state.db.dispose()
 
     # FastAPIOffline serves the /docs assets from the package, so the docs work without internet.
@@ -49,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.audit_trail = AuditTrail(settings)
+    app.state.renderer = Renderer()  # its process starts with the first PDF
     errors.install(app)
     # Routes are matched in order: the busiest (FHIR) first.
     for router in operations.routers():  # before the REST routes: "$op" is not an id

@@ -4,8 +4,8 @@ The read by id is the server's commonest request, and SQLAlchemy's async session
 primary-key query cost about 1.1 ms of CPU (session, greenlet hand-offs, pool checkout and reset,
 result processing) where the same query on a plain psycopg connection costs about 0.25 ms
 (measured in-process). Read sessions (`Database.read_sessions`, autocommit already) carry this
-pool in `session.info`, and `Store.current` sends its query here; everything else goes through
-SQLAlchemy.
+pool in `session.info`, and `Store._first` sends the read and vread queries here; everything else
+goes through SQLAlchemy.
 
 The pool is as simple as the job: a request takes an idle connection, or opens one itself while
 fewer than `limit` are open (so a connection error reaches that request at once and it answers

@@ -18,7 +18,6 @@ from vitasync_fhir.auth import policy
 from vitasync_fhir.config import Settings
 from vitasync_fhir.documents import links, pdf, prescription, qr
 from vitasync_fhir.documents.cache import RenderCache, key
-from vitasync_fhir.documents.renderer import Renderer
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError
@@ -45,14 +44,6 @@ def _caches(state: object, settings: Settings) -> RenderCache:
     if found is None:
         found = RenderCache(settings.document_cache_bytes)
         state.documents_cache = found  # type: ignore[attr-defined]
-    return found
-
-
-def _renderer(state: object) -> Renderer:
-    found = getattr(state, "renderer", None)
-    if found is None:
-        found = Renderer()
-        state.renderer = found  # type: ignore[attr-defined]
     return found
 
 
@@ -87,7 +78,7 @@ async def prescription_pdf(
         qr=_data_uri(qr.png(links.url(settings, link), size=1)),
         link_expires=_day(link.expires),
     )
-    data = await _renderer(state).render(settings, values)
+    data = await state.renderer.render(settings, values)  # type: ignore[attr-defined]
     cache.put(name, data)
     return Document(data, filename, cached=False)
 
