@@ -102,6 +102,15 @@ def make_sync_engine(settings: Settings) -> Engine:
     return engine
 
 
+class _ReadSession(AsyncSession):
+    """A read session that, when it never began a transaction (the read pool answered every
+    query), has nothing to close: it skips SQLAlchemy's close, a task and ~80 us of CPU."""
+
+    async def __aexit__(self, type_, value, traceback) -> None:  # type: ignore[no-untyped-def]
+        if self.sync_session.in_transaction():
+            await super().__aexit__(type_, value, traceback)
+
+
 class Database:
     """The engines of one configured database, owned by the app or a command."""
 
@@ -130,6 +139,7 @@ class Database:
         )
         self.read_sessions = async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            class_=_ReadSession,
             expire_on_commit=False,
             info={"settings": settings, "read_only": True, "read_pool": self.read_pool},
         )
@@ -181,7 +191,8 @@ class unit_of_work:  # noqa: N801 - used as a context manager, reads like a stat
             if exc_type is None and written:
                 await session.commit()
             else:
-                await session.rollback()
+                if session.in_transaction():  # else nothing began: nothing to roll back
+                    await session.rollback()
                 callbacks = [] if exc_type is not None else callbacks
             for callback in callbacks:
                 result = callback()

@@ -11,13 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, bindparam, func, insert, select, true, tuple_, update
+from sqlalchemy import and_, bindparam, func, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, FromClause, Select
 
 from vitasync_fhir.db import mark_written
+from vitasync_fhir.fhir import bulk
 from vitasync_fhir.fhir.search.index import write_indexes
 from vitasync_fhir.fhir.tables import resource_history, resources
 
@@ -85,6 +86,23 @@ _VERSION = select(resource_history).where(
     resource_history.c.resource_type == bindparam("type"),
     resource_history.c.id == bindparam("id"),
     resource_history.c.version_id == bindparam("version"),
+)
+_HISTORY_COLUMNS = (
+    "resource_type",
+    "id",
+    "version_id",
+    "last_updated",
+    "method",
+    "deleted",
+    "content",
+)
+_CURRENT_COLUMNS = ("resource_type", "id", "version_id", "last_updated", "deleted", "content")
+# New resources in one statement of fixed text: an array per column (see bulk.py).
+_INSERT_FRESH_PG = (
+    f"INSERT INTO resources ({', '.join(_CURRENT_COLUMNS)}) "
+    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::int[], %b::timestamptz[], "
+    "%b::boolean[], %b::text[]) "
+    "ON CONFLICT (resource_type, id) DO NOTHING RETURNING resource_type, id"
 )
 # The same queries as text for the read pool (psycopg on PostgreSQL: `%(type)s` parameters).
 _PG_TEXT = {
@@ -167,18 +185,20 @@ class Store:
         for w in writes:
             if w.replaces is not None:
                 await self._replace(w)
-        await self.session.execute(
-            insert(resource_history),
+        await bulk.copy_columns(
+            self.session,
+            resource_history,
+            _HISTORY_COLUMNS,
             [
-                {
-                    "resource_type": w.version.resource_type,
-                    "id": w.version.id,
-                    "version_id": w.version.version_id,
-                    "last_updated": w.version.last_updated,
-                    "method": w.version.method,
-                    "deleted": w.version.deleted,
-                    "content": w.version.content,
-                }
+                (
+                    w.version.resource_type,
+                    w.version.id,
+                    w.version.version_id,
+                    w.version.last_updated,
+                    w.version.method,
+                    w.version.deleted,
+                    w.version.content,
+                )
                 for w in writes
             ],
         )
@@ -190,13 +210,16 @@ class Store:
 
     async def _insert_fresh(self, writes: Sequence[Write]) -> None:
         rows = [_current_row(w.version) for w in writes]
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = (
-            dialect_insert(resources)
-            .on_conflict_do_nothing(index_elements=["resource_type", "id"])
-            .returning(resources.c.resource_type, resources.c.id)
-        )
-        inserted = {tuple(r) for r in (await self.session.execute(statement, rows)).all()}
+        if self._dialect == "postgresql":
+            columns = [[row[name] for row in rows] for name in _CURRENT_COLUMNS]
+            inserted = set(await bulk.insert_new_pg(self.session, _INSERT_FRESH_PG, columns))
+        else:
+            statement = (
+                sqlite.insert(resources)
+                .on_conflict_do_nothing(index_elements=["resource_type", "id"])
+                .returning(resources.c.resource_type, resources.c.id)
+            )
+            inserted = {tuple(r) for r in (await self.session.execute(statement, rows)).all()}
         for row in rows:
             if (row["resource_type"], row["id"]) not in inserted:
                 raise VersionConflict(row["resource_type"], row["id"])

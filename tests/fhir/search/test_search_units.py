@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from vitasync_fhir.auth import audit
+from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.search import dates, fhirpath, index, paging, params, registry, values
 
@@ -245,3 +247,45 @@ def test_cursors_round_trip_and_refuse_other_sorts() -> None:
         paging.decode(cursor, "_id", ["text"])
     with pytest.raises(FhirError):
         paging.decode("garbage!", "_id", ["text"])
+
+
+def _walked(resource_type: str, resource: dict) -> index.Rows:
+    """Index rows by walking every plan, past the memo of repeated elements."""
+    rows: index.Rows = {name: set() for name in index.INDEX_TABLES}
+    index._extract(index.plans(resource_type), resource, rows)
+    return rows
+
+
+def _read_event(role: str, patient: str) -> dict:
+    caller = Caller(role=role, scopes=(), user_id="u1", fhir_user="Practitioner/d1", jti="j1")
+    return audit.audit_event(
+        caller,
+        action="read",
+        resource_type="Observation",
+        resource_id=f"obs-{patient}",
+        outcome="success",
+        source_ip="10.0.0.7",
+        patient_id=patient,
+    )
+
+
+def test_parameters_know_the_elements_they_read() -> None:
+    roots = {plan.code: plan.roots for plan in index.plans("AuditEvent")}
+    assert roots["agent"] == ("agent",) and roots["date"] == ("recorded",)
+    # patient reads both agent.who and entity.what
+    assert roots["patient"] == ("agent", "entity")
+
+
+def test_repeated_elements_give_the_rows_a_walk_gives() -> None:
+    index._MEMO.clear()
+    first, second = _read_event("doctor", "p1"), _read_event("doctor", "p2")
+    other_role = _read_event("nurse", "p2")
+    for event in (first, second, other_role, first):  # the last is all repeats
+        assert index.extract("AuditEvent", event) == _walked("AuditEvent", event)
+    rows = index.extract("AuditEvent", second)
+    assert ("patient", "Patient", "p2", None) in rows["reference"]
+    assert ("patient", "Patient", "p1", None) not in rows["reference"]
+    assert not any("nurse" in str(row) for row in rows["token"])  # the nurse's agent rows
+    bp = dict(BLOOD_PRESSURE, subject={"reference": "Patient/p9"})
+    for resource in (BLOOD_PRESSURE, bp, BLOOD_PRESSURE):
+        assert index.extract("Observation", resource) == _walked("Observation", resource)

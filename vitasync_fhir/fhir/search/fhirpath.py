@@ -361,6 +361,9 @@ class Compiled:
     walk: Callable[..., list[Node]]
     contexts: tuple[str, ...]  # contexts of the values (for composite components)
     compiled: bool  # False when fhirpathpy evaluates it
+    # The top-level elements the walk reads (its values depend on nothing else); None when it
+    # may read the whole resource (fhirpathpy, or an expression that is the resource itself).
+    roots: tuple[str, ...] | None = None
 
 
 def compile_expression(
@@ -371,17 +374,23 @@ def compile_expression(
     parts = [p for p in split_union(expression) if relative or part_applies(p, resource_type)]
     runners: list[Walker] = []
     contexts: list[str] = []
+    roots: set[str] | None = set()
     try:
         for part in parts:
             for ops, type_code, context in type_steps(parse_steps(part), start, elements):
                 runners.append(_runner(ops, type_code))
                 contexts.append(context)
+                if roots is not None and ops and ops[0][0] == "get":
+                    roots.add(ops[0][1])
+                else:
+                    roots = None
     except Unsupported:
         if relative:
             return Compiled(_fallback(expression), (), False)
         return Compiled(_fallback(" | ".join(parts)), (), False)
+    read = tuple(sorted(roots)) if roots is not None else None
     if len(runners) == 1:
-        return Compiled(runners[0], tuple(contexts), True)
+        return Compiled(runners[0], tuple(contexts), True, read)
 
     def walk_all(node: Any, resource: Any = None) -> list[Node]:
         out: list[Node] = []
@@ -389,7 +398,7 @@ def compile_expression(
             out.extend(run(node))
         return out
 
-    return Compiled(walk_all, tuple(contexts), True)
+    return Compiled(walk_all, tuple(contexts), True, read)
 
 
 def composite_bases(

@@ -16,6 +16,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.db import Database, mark_written, unit_of_work
+from vitasync_fhir.fhir import bulk
 from vitasync_fhir.fhir.search import fhirpath, registry, values
 from vitasync_fhir.fhir.search.tables import INDEX_TABLES, resource_compartments
 from vitasync_fhir.fhir.tables import resources
@@ -32,6 +33,7 @@ class _Plan:
     type: str
     walk: Callable[..., list[fhirpath.Node]]
     components: tuple = ()  # composite: ((base walker, ((component type, walker), ...)), ...)
+    roots: tuple[str, ...] | None = None  # the top-level elements it reads (None: any)
 
 
 def _compile(resource_type: str, param: registry.SearchParam) -> _Plan | None:
@@ -39,7 +41,7 @@ def _compile(resource_type: str, param: registry.SearchParam) -> _Plan | None:
     if param.type == "composite":
         return _compile_composite(resource_type, param)
     compiled = fhirpath.compile_expression(param.expression, resource_type, elements)
-    return _Plan(param.code, param.type, compiled.walk)
+    return _Plan(param.code, param.type, compiled.walk, roots=compiled.roots)
 
 
 def _compile_composite(resource_type: str, param: registry.SearchParam) -> _Plan | None:
@@ -75,17 +77,63 @@ def plans(resource_type: str) -> tuple[_Plan, ...]:
     return tuple(out)
 
 
+@cache
+def _groups(resource_type: str) -> tuple[tuple[tuple[str, ...] | None, tuple[_Plan, ...]], ...]:
+    """The plans of a type grouped by the top-level elements they read."""
+    groups: dict[tuple[str, ...] | None, list[_Plan]] = {}
+    for plan in plans(resource_type):
+        groups.setdefault(None if plan.type == "composite" else plan.roots, []).append(plan)
+    return tuple((roots, tuple(group)) for roots, group in groups.items())
+
+
+# Rows of a group of plans by the JSON of the elements they read: resources written together
+# repeat most of their elements (every AuditEvent of a caller has the same agent, source and
+# type; Observations share codes, categories, subjects), so a repeat costs a lookup.
+_MEMO: dict[tuple, tuple[tuple[str, tuple], ...]] = {}
+_MEMO_SIZE = 20_000
+
+
 def extract(resource_type: str, resource: dict) -> Rows:
     """Index values of one resource: {table name: {row tuple without the key columns}}."""
     rows: Rows = {name: set() for name in INDEX_TABLES}
-    for plan in plans(resource_type):
+    for roots, group in _groups(resource_type):
+        if roots is None:
+            _extract(group, resource, rows)
+            continue
+        if len(roots) == 1:
+            parts = resource.get(roots[0])
+            if parts is None:
+                continue  # the walks start at an element the resource does not have
+        else:
+            parts = [resource.get(root) for root in roots]
+            if all(part is None for part in parts):
+                continue
+        try:
+            key = (resource_type, roots, orjson.dumps(parts))
+        except TypeError:  # a value JSON cannot hold (a Decimal, say): walk it
+            _extract(group, resource, rows)
+            continue
+        found = _MEMO.get(key)
+        if found is None:
+            alone: Rows = {name: set() for name in INDEX_TABLES}
+            _extract(group, resource, alone)
+            found = tuple((name, row) for name, part in alone.items() for row in part)
+            if len(_MEMO) >= _MEMO_SIZE:
+                _MEMO.clear()
+            _MEMO[key] = found
+        for name, row in found:
+            rows[name].add(row)
+    return rows
+
+
+def _extract(group: Iterable[_Plan], resource: dict, rows: Rows) -> None:
+    for plan in group:
         if plan.type == "composite":
             _composite(plan, resource, rows["composite"])
             continue
         found = plan.walk(resource, resource)
         if found:
             _ADD[plan.type](plan.code, found, rows)
-    return rows
 
 
 def _add_string(code: str, found: list, rows: Rows) -> None:
@@ -287,27 +335,8 @@ async def write_indexes(
     if replaced:
         await _delete_rows(session, replaced)
     for name, table in INDEX_TABLES.items():
-        await _bulk_insert(session, table, inserts[name])
-    await _bulk_insert(session, resource_compartments, compartment_rows)
-
-
-async def _bulk_insert(session: AsyncSession, table: Any, rows: list[tuple]) -> None:
-    """Insert tuples in the table's column order, past SQLAlchemy's per-row parameter handling
-    (which costs more than extracting the values): the index is most of the write path."""
-    if not rows:
-        return
-    connection = await session.connection()
-    columns = ", ".join(c.name for c in table.columns)
-    if connection.dialect.name == "postgresql":
-        raw = await connection.get_raw_connection()
-        driver: Any = raw.driver_connection
-        async with driver.cursor() as cursor:
-            async with cursor.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    await copy.write_row(row)
-        return
-    marks = ", ".join("?" for _ in table.columns)
-    await connection.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) VALUES ({marks})", rows)
+        await bulk.copy_rows(session, table, inserts[name])
+    await bulk.copy_rows(session, resource_compartments, compartment_rows)
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
