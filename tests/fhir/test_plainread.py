@@ -60,11 +60,18 @@ def test_the_lane_answers_as_the_application_does(client, anonymous, signed_in) 
     gone = create(client, patient(family="Gone"))["id"]
     assert client.delete(f"/fhir/Patient/{gone}").status_code in (200, 204)
     doctor = signed_in(role="doctor")
-    paths = [f"/fhir/Patient/{pid}", f"/fhir/Patient/{gone}", "/fhir/Patient/nobody-here"]
+    paths = [
+        f"/fhir/Patient/{pid}",
+        f"/fhir/Patient/{gone}",
+        "/fhir/Patient/nobody-here",
+        f"/fhir/Patient/{pid}/_history/1",
+        f"/fhir/Patient/{pid}/_history/2",
+        f"/fhir/Patient/{gone}/_history/2",
+    ]
     recent.forget_all()
     full = [_shape(anonymous.get(p, headers=doctor)) for p in paths]  # verifies and caches
     lane = [_shape(anonymous.get(p, headers=doctor)) for p in paths]
-    assert [f[0] for f in full] == [200, 410, 404]
+    assert [f[0] for f in full] == [200, 410, 404, 200, 404, 410]
     assert lane == full
 
 
@@ -81,11 +88,14 @@ def test_a_cached_caller_is_answered_by_the_lane_and_the_rest_by_the_application
     answer = get(asgi, f"/fhir/Patient/{pid}", doctor)
     assert answer.status_code == 200 and answer.json()["id"] == pid
     assert answer.headers["etag"] == 'W/"1"'
+    version = get(asgi, f"/fhir/Patient/{pid}/_history/1", doctor)
+    assert version.status_code == 200 and version.content == answer.content
     handed_on = [
         (f"/fhir/Patient/{pid}?_pretty=true", doctor),
         (f"/fhir/Patient/{pid}", {**doctor, "If-None-Match": 'W/"1"'}),
         (f"/fhir/Patient/{pid}", {**doctor, "Origin": "https://app.example.org"}),
         (f"/fhir/Patient/{pid}/_history", doctor),
+        (f"/fhir/Patient/{pid}/_history/one", doctor),
         ("/fhir/AuditEvent/x", doctor),
         (f"/fhir/Patient/{pid}", {"Authorization": "Bearer not-a-token-we-know"}),
         (f"/fhir/Patient/{pid}", {}),

@@ -1,14 +1,15 @@
-"""The plain read, `GET /fhir/{type}/{id}` with nothing unusual about it, answered without the
-framework's routing and dependency solving.
+"""The plain read, `GET /fhir/{type}/{id}` (or a vread, `.../_history/{vid}`) with nothing unusual
+about it, answered without the framework's routing and dependency solving.
 
 It is the server's commonest request, and most of its cost was FastAPI finding the route and
 solving the dependencies (two sessions, the caller, the access layer) around a primary-key read.
-This lane does the same work through the same pieces: `Resources.read` with an `Access` for the
-caller (so the policy, the compartment check and the audit trail are the ones every path uses),
-`read_answer` for the headers, and `error_response` for a refusal. It takes a request only when
-the caller's token was verified moments ago (`auth/recent.py`), and only when there is no query
-string, no conditional header and no Origin (CORS); everything else, and any failure that is not a
-FHIR answer (the database down, say), goes to the full application, which answers it as before.
+This lane does the same work through the same pieces: `Resources.read` (or `vread`) with an
+`Access` for the caller (so the policy, the compartment check and the audit trail are the ones
+every path uses), `read_answer` for the headers, and `error_response` for a refusal. It takes a
+request only when the caller's token was verified moments ago (`auth/recent.py`), and only when
+there is no query string, no conditional header and no Origin (CORS); everything else, and any
+failure that is not a FHIR answer (the database down, say), goes to the full application, which
+answers it as before.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.router import read_answer
 from vitasync_fhir.fhir.service import Resources
 
-_PATH = re.compile(r"/fhir/([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
+_PATH = re.compile(r"/fhir/([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/([0-9]{1,9}))?")
 # Headers that change what a read answers: they take the full path.
 _UNUSUAL = (b"if-none-match", b"if-modified-since", b"origin", b"prefer")
 
@@ -73,7 +74,11 @@ class PlainReads:
                         session=session,
                         trail=state.audit_trail,
                     )
-                    version = await Resources(session, access).read(match[1], match[2])
+                    resources = Resources(session, access)
+                    if match[3] is None:
+                        version = await resources.read(match[1], match[2])
+                    else:
+                        version = await resources.vread(match[1], match[2], match[3])
             response = read_answer(request, version)
         except FhirError as error:
             response = error_response(request, error.status, error.issues, headers=error.headers)
