@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi import Request
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from vitasync_fhir.auth import keys, passwords, tokens
+from vitasync_fhir.auth import keys, passwords, recent, tokens
+from vitasync_fhir.auth.deps import CallerDep
 from vitasync_fhir.config import Settings
 
 
@@ -178,3 +180,19 @@ def test_passwords() -> None:
     assert not passwords.verify_password(None, "vitasync-dummy-password")
     assert passwords.password_problem("short") is not None
     assert passwords.password_problem("long enough password") is None
+
+
+def test_checking_a_token_holds_no_connection_into_the_route(app, anonymous, signed_in) -> None:  # type: ignore[no-untyped-def]
+    """A route that then opens its own session must not need a second connection at once: with
+    the lookup on the request's session, 32 clients ran the pool dry (each held one, waited for
+    another) until the pool timeout answered 503."""
+
+    async def held(request: Request, caller: CallerDep) -> dict:
+        return {"role": caller.role, "held": request.app.state.db.engine.pool.checkedout()}
+
+    app.router.add_api_route("/held-connections", held, methods=["GET"])
+    headers = signed_in(role="doctor")
+    recent.forget_all()  # the token is looked up in the database, not in the cache
+    answer = anonymous.get("/held-connections", headers=headers)
+    assert answer.status_code == 200
+    assert answer.json() == {"role": "doctor", "held": 0}

@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth import recent, tokens
 from vitasync_fhir.auth import scopes as smart
 from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.auth.tables import oauth_clients, users
-from vitasync_fhir.db import SessionDep
 from vitasync_fhir.fhir.outcomes import FhirError
 
 
@@ -36,7 +36,7 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-async def current_caller(request: Request, session: SessionDep) -> Caller:
+async def current_caller(request: Request) -> Caller:
     token = bearer_token(request)
     if token is None:
         raise unauthorized("Authentication is required", error=None)
@@ -49,9 +49,14 @@ async def current_caller(request: Request, session: SessionDep) -> Caller:
         claims = tokens.decode_access_token(settings, token)
     except tokens.InvalidToken as error:
         raise unauthorized(str(error)) from None
-    if await tokens.is_revoked(session, claims["jti"]):
-        raise unauthorized("The token has been revoked")
-    caller = await caller_for_claims(session, claims)
+    # A session of its own, closed before the route runs: on the request's session the lookup
+    # kept a connection until the response, and a route that then opened its read session held
+    # two at once; at 32 clients the pool ran dry with every request holding one and waiting for
+    # a second, until the pool timeout answered 503.
+    async with request.app.state.db.read_sessions() as session:
+        if await tokens.is_revoked(session, claims["jti"]):
+            raise unauthorized("The token has been revoked")
+        caller = await caller_for_claims(session, claims)
     if caller is None:
         raise unauthorized("The token's account or client is no longer active")
     recent.put(token, caller, seconds=settings.auth_cache_seconds)
@@ -59,7 +64,7 @@ async def current_caller(request: Request, session: SessionDep) -> Caller:
     return caller
 
 
-async def caller_for_claims(session: SessionDep, claims: dict) -> Caller | None:
+async def caller_for_claims(session: AsyncSession, claims: dict) -> Caller | None:
     """The Caller a verified token stands for, as the account or client is now; None if gone."""
     granted = smart.parse(claims.get("scope"))
     client_id = claims.get("client_id")

@@ -88,9 +88,12 @@ def _groups(resource_type: str) -> tuple[tuple[tuple[str, ...] | None, tuple[_Pl
 
 # Rows of a group of plans by the JSON of the elements they read: resources written together
 # repeat most of their elements (every AuditEvent of a caller has the same agent, source and
-# type; Observations share codes, categories, subjects), so a repeat costs a lookup.
+# type; Observations share codes, categories, subjects), so a repeat costs a lookup. Small
+# elements only, and a few thousand of them: 20,000 entries of any size held ~150 MiB per worker
+# after the Synthea ingest.
 _MEMO: dict[tuple, tuple[tuple[str, tuple], ...]] = {}
-_MEMO_SIZE = 20_000
+_MEMO_SIZE = 4096
+_MEMO_KEY_BYTES = 1024
 
 
 def extract(resource_type: str, resource: dict) -> Rows:
@@ -109,10 +112,13 @@ def extract(resource_type: str, resource: dict) -> Rows:
             if all(part is None for part in parts):
                 continue
         try:
-            key = (resource_type, roots, orjson.dumps(parts))
+            blob = orjson.dumps(parts)
         except TypeError:  # a value JSON cannot hold (a Decimal, say): walk it
+            blob = b""
+        if not blob or len(blob) > _MEMO_KEY_BYTES:
             _extract(group, resource, rows)
             continue
+        key = (resource_type, roots, blob)
         found = _MEMO.get(key)
         if found is None:
             alone: Rows = {name: set() for name in INDEX_TABLES}
