@@ -17,7 +17,8 @@ import httpx
 from benchmarks.procs import ROOT
 
 
-def admin_token(*, base_url: str, database_url: str) -> str:
+def make_admin(*, base_url: str, database_url: str) -> tuple[str, str]:
+    """A new admin account in the database: its e-mail and password."""
     password = secrets.token_urlsafe(24)
     email = f"bench-admin-{secrets.token_hex(4)}@vitasync.test"  # a database may be measured again
     env = {**os.environ, "VITASYNC_DATABASE_URL": database_url, "VITASYNC_BASE_URL": base_url}
@@ -28,6 +29,11 @@ def admin_token(*, base_url: str, database_url: str) -> str:
     )
     if made.returncode != 0:
         raise RuntimeError(f"create-user failed: {made.stderr.strip() or made.stdout.strip()}")
+    return email, password
+
+
+def admin_token(*, base_url: str, database_url: str) -> str:
+    email, password = make_admin(base_url=base_url, database_url=database_url)
     answer = httpx.post(f"{base_url}/api/auth/login", json={"email": email, "password": password},
                         timeout=30)
     if answer.status_code != 200:
