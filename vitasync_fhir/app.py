@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from vitasync_fhir import __version__, errors, openapi
+from vitasync_fhir import __version__, errors, heap, openapi
 from vitasync_fhir.api.routes import routers as api_routers
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
@@ -32,7 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        freezing = None
+        if settings.gc_freeze_seconds > 0:
+            freezing = asyncio.create_task(heap.freeze_after(settings.gc_freeze_seconds))
         yield
+        if freezing is not None:
+            freezing.cancel()
         app.state.audit_trail.close()
         app.state.renderer.close()
         await app.state.db.dispose()

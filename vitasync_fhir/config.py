@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=15000, description="PostgreSQL statement timeout; a timeout answers 503"
     )
+    gc_freeze_seconds: float = Field(
+        default=30,
+        description="Seconds after start when a worker takes its live objects out of the"
+        " cyclic garbage collector, once (0: never)",
+    )
 
     # -- authentication (auth/) -------------------------------------------------------------
     access_token_seconds: int = Field(default=900, description="Lifetime of an access token")
