@@ -59,3 +59,14 @@ def test_blind_writers_each_get_their_own_version(server):
     assert len(set(families)) == winners
     current = server.get(f"/fhir/Patient/{created['id']}").json()
     assert current["meta"]["versionId"] == str(winners + 1)
+
+
+def test_racing_creates_of_one_new_id_make_one_resource(server):
+    """PUT to an id nobody has used yet, sixteen at once: the insert that skips a conflict
+    (fhir/bulk.py on PostgreSQL) lets exactly one create it; the others update it or give up."""
+    pid = "race-new-id"
+    statuses = asyncio.run(_race(server, pid, if_match=None))
+    assert statuses.count(201) == 1 and set(statuses) <= {200, 201, 409}
+    history = server.get(f"/fhir/Patient/{pid}/_history?_count=100").json()
+    versions = [int(e["resource"]["meta"]["versionId"]) for e in history["entry"]]
+    assert versions == list(range(statuses.count(200) + 1, 0, -1))
