@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 from factories import FHIR_JSON, create, observation, patient
 
@@ -25,6 +27,19 @@ def test_create_assigns_uuid_version_and_location(client):
     assert answer.headers["location"] == f"http://testserver/fhir/Patient/{body['id']}/_history/1"
     assert answer.headers["content-type"].startswith("application/fhir+json")
     assert "last-modified" in answer.headers
+
+
+def test_created_ids_are_time_ordered_uuids(client):
+    """Ids are RFC 9562 version 7 UUIDs, so ids made later sort later (index locality)."""
+    ids = [create(client, patient())["id"] for _ in range(5)]
+    entry = {"resource": patient(), "request": {"method": "POST", "url": "Patient"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry, entry]}
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    ids += [e["response"]["location"].split("/")[-3] for e in answer.json()["entry"]]
+    assert all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in ids)
+    assert ids[:5] == sorted(ids[:5])
+    assert min(ids[5:]) > max(ids[:5])
 
 
 def test_create_ignores_client_id_and_meta(client):
