@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -36,7 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         freezing = None
         if settings.gc_freeze_seconds > 0:
             freezing = asyncio.create_task(heap.freeze_after(settings.gc_freeze_seconds))
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(settings.thread_switch_ms / 1000)
         yield
+        sys.setswitchinterval(switch)
         if freezing is not None:
             freezing.cancel()
         app.state.audit_trail.close()

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         description="Seconds after start when a worker takes its live objects out of the"
         " cyclic garbage collector, once (0: never)",
     )
+    thread_switch_ms: float = Field(
+        default=0.5,
+        gt=0,
+        description="How long a thread of a worker may hold Python's interpreter lock while"
+        " another waits (sys.setswitchinterval; Python's default is 5): the audit trail's"
+        " writer thread would otherwise hold requests up to 5 ms at a time",
+    )
 
     # -- authentication (auth/) -------------------------------------------------------------
     access_token_seconds: int = Field(default=900, description="Lifetime of an access token")
