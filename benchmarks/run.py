@@ -47,6 +47,8 @@ AUTH_SOURCES = {
 EXPORT_TARGET = 20_000  # resources/s of a whole-system $export
 # Access tokens must outlive the run; the server is told so (VITASYNC_ACCESS_TOKEN_SECONDS).
 TOKEN_SECONDS_MARGIN = 600
+# What a read by id or a vread touches: warmed before the reads (procs.Postgres.prewarm).
+PREWARMED = ("resources", "resource_history")
 
 # -- Beside the reads: the same loads for searches, the /api face and the prescription PDF --------
 # (name, path template); `{Type}` becomes a random id of that type from the ingest.
@@ -363,6 +365,7 @@ class Bench:
         each of ours is paired with the floor measurement just before it."""
         assert self.server is not None
         self.ensure_data()
+        self.prewarm()
         floor = self.start_floor()
         floor_job, ours = self.read_jobs()
         print(f"reads of {len(self.locations):,} ids, {self.args.rounds} rounds of "
@@ -412,7 +415,13 @@ class Bench:
                        seconds=round(time.perf_counter() - started, 1))
         self.results.setdefault("profile", {})[name] = profile
 
+    def prewarm(self) -> None:
+        text = self.pg.prewarm(self.args.database, PREWARMED)
+        print(text, flush=True)
+        self.results["notes"].append(f"before the reads, {text}.")
+
     def floor_reads(self) -> None:
+        self.prewarm()
         floor = self.start_floor()
         floor_job, _ = self.read_jobs()
         self.warm(floor_job, floor)
