@@ -102,6 +102,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--reuse-db", action="store_true",
         help="keep the database's data (from an earlier --keep-db run) and skip the ingest")
     add("--keep-db", action="store_true", help="do not drop the database at the end")
+    add("--only", default="", metavar="WORDS",
+        help="reads: only the loads whose name holds one of these comma-separated words "
+             "(the floor read always runs); for a quick A/B of one change")
     add("--profile", action="store_true",
         help="sample the server with py-spy during ingest (slows it; a separate run)")
     add("--pgbench-seconds", type=int, default=10)
@@ -368,6 +371,9 @@ class Bench:
         self.prewarm()
         floor = self.start_floor()
         floor_job, ours = self.read_jobs()
+        words = [w.strip() for w in self.args.only.split(",") if w.strip()]
+        if words:
+            ours = [j for j in ours if any(w in j.name for w in words)]
         print(f"reads of {len(self.locations):,} ids, {self.args.rounds} rounds of "
               f"{self.args.duration:g} s:", flush=True)
         for job, service in [(floor_job, floor), *((j, self.server) for j in ours)]:
