@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,115 @@ def test_the_trail_keeps_events_while_the_database_is_away(tmp_path: Path) -> No
     assert trail.drain(timeout=30)
     trail.close()
     assert _stored_events(settings) == 1
+
+
+def _rows_of(settings: Settings, ids: list[str]) -> dict[str, list[tuple]]:
+    """Every row stored for these AuditEvents, ids and write times left out."""
+    from vitasync_fhir.fhir.search.tables import INDEX_TABLES, resource_compartments
+    from vitasync_fhir.fhir.tables import resource_history
+
+    tables = {**INDEX_TABLES, "compartments": resource_compartments}
+    engine = create_engine(sync_url(settings.database_url))
+    out: dict[str, list[tuple]] = {}
+    try:
+        with engine.connect() as conn:
+            for name, table in tables.items():
+                rows = conn.execute(select(table).where(table.c.resource_id.in_(ids))).all()
+                out[name] = sorted(
+                    tuple(str(v) for k, v in r._mapping.items() if k != "resource_id") for r in rows
+                )
+            for name, table in (("resources", resources), ("history", resource_history)):
+                rows = conn.execute(select(table).where(table.c.id.in_(ids))).all()
+                out[name] = sorted(
+                    (r.version_id, r.deleted, getattr(r, "method", ""), _body(r.content))
+                    for r in rows
+                )
+    finally:
+        engine.dispose()
+    return out
+
+
+def _body(content: str) -> str:
+    import json
+
+    resource = json.loads(content)
+    del resource["id"], resource["meta"]
+    return json.dumps(resource, sort_keys=True)
+
+
+def test_the_trail_stores_what_a_write_in_a_request_stores(settings: Settings) -> None:
+    """The trail writes on a synchronous connection (store_many), a request's transaction through
+    the store (record_many): the same event must leave the same rows, indexes included."""
+    from vitasync_fhir.auth.policy import Caller
+
+    caller = Caller(
+        role="doctor",
+        scopes=(),
+        user_id="u1",
+        fhir_user="Practitioner/d1",
+        client_id="app",
+        jti="0f3c5a52-7a44-4b8e-9a64-1f7e1c0e2d11",
+    )
+    moment = datetime(2026, 11, 29, 1, 2, 3, tzinfo=UTC)
+    event = audit.audit_event(
+        caller,
+        action="read",
+        resource_type="Observation",
+        resource_id="o1",
+        outcome="success",
+        source_ip="10.0.0.7",
+        patient_id="p1",
+        recorded=moment,
+    )
+
+    async def in_a_request() -> list[str]:
+        database = Database(settings)
+        try:
+            return list(await database.run(lambda s: audit.record_many(s, [dict(event)])))
+        finally:
+            await database.dispose()
+
+    through_store = asyncio.run(in_a_request())
+    trail = AuditTrail(settings)
+    trail.add(dict(event))
+    trail.close()
+    by_trail = [i for i in _audit_ids(settings) if i not in through_store]
+    assert len(by_trail) == 1
+    expected, got = _rows_of(settings, through_store), _rows_of(settings, by_trail)
+    assert got["resources"] and got["history"] and got["reference"] and got["compartments"]
+    assert got == expected
+
+
+def _audit_ids(settings: Settings) -> list[str]:
+    engine = create_engine(sync_url(settings.database_url))
+    try:
+        with engine.connect() as conn:
+            query = select(resources.c.id).where(resources.c.resource_type == "AuditEvent")
+            return list(conn.execute(query).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_stored_unacknowledged_is_not_stored_twice(settings: Settings) -> None:
+    """A commit can go through while its answer is lost: the retry must find the events stored
+    (their ids are chosen once) rather than store them again, and go on with the rest."""
+    from vitasync_fhir.db import make_sync_engine
+
+    trail = AuditTrail(settings)
+    engine = make_sync_engine(settings)
+    try:
+        batch = [_event("p1"), _event("p2")]
+        assert trail._write(engine, list(batch))  # stored; pretend the answer never came
+        later = _event("p3")
+        pending = [*batch, later]
+        assert not trail._write(engine, pending)  # the duplicate fails the transaction
+        assert pending == [later]  # the stored two are dropped, the new one waits
+        assert trail._write(engine, pending)
+        assert pending == []
+    finally:
+        engine.dispose()
+    assert _stored_events(settings) == 3
+    assert len(set(_audit_ids(settings))) == 3
 
 
 def test_a_read_only_session_refuses_writes(settings: Settings) -> None:

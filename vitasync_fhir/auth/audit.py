@@ -2,9 +2,9 @@
 
 Writes store their event in the write's own transaction (`record`). Reads, searches, operations
 and denials hand theirs to the audit trail (`auth/trail.py`), which stores them in batches apart
-from the request: a denial survives the rollback of the request it denies, and a read costs no
-write. Without a trail (commands, some tests) they are stored in a unit of work of their own
-(`record_apart`).
+from the request, on a synchronous connection of its own (`store_many`): a denial survives the
+rollback of the request it denies, and a read costs no write. Without a trail (commands, some
+tests) they are stored in a unit of work of their own (`record_apart`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.policy import Caller
@@ -171,9 +172,22 @@ async def record_many(session: AsyncSession, events: list[dict]) -> list[str]:
     # The server builds these events itself (tests validate what audit_event builds), so the
     # write skips validation: auditing a read must not cost as much as the read.
     resources = Resources(session)
-    writes = [resources.plan_create("AuditEvent", event) for event in events]
+    writes = [Resources.plan_create("AuditEvent", event) for event in events]
     await resources.store.write(writes)
     mark_written(session)
+    return [write.version.id for write in writes]
+
+
+def store_many(connection: Connection, events: list[dict]) -> list[str]:
+    """Store `events` on a synchronous connection, in its transaction (the audit trail's); an
+    event that carries an id keeps it."""
+    from vitasync_fhir.fhir.service import Resources
+    from vitasync_fhir.fhir.store import write_new
+
+    writes = [
+        Resources.plan_create("AuditEvent", event, resource_id=event.get("id")) for event in events
+    ]
+    write_new(connection, writes)
     return [write.version.id for write in writes]
 
 

@@ -3,11 +3,13 @@
 A read must not cost a write: recording each read's AuditEvent in the read's own transaction made
 a read four times dearer than the read itself. Reads, searches, operations and denials therefore
 hand their event to this trail, which a thread of its own writes in batches every `audit_flush_ms`
-(one transaction per batch). Writes keep their AuditEvent in their own transaction, atomic with
-the change. Reading AuditEvents first waits for the trail to be written (`drain`), so a caller
-never misses an event this worker has recorded. When the database is down the trail keeps the
-events and retries; only past `audit_max_pending` events does it drop the oldest, with an error
-in the log. A crash of the process loses at most the last `audit_flush_ms` of read events.
+(one transaction per batch, on a synchronous connection: `audit.store_many`). Writes keep their
+AuditEvent in their own transaction, atomic with the change. Reading AuditEvents first waits for
+the trail to be written (`drain`), so a caller never misses an event this worker has recorded.
+When the database is down the trail keeps the events and retries; only past `audit_max_pending`
+events does it drop the oldest, with an error in the log. A crash of the process loses at most
+the last `audit_flush_ms` of read events. An event's id is chosen before its first attempt, so a
+batch whose commit went through unacknowledged is not stored twice.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import logging
 import queue
 import threading
 import time
+
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from vitasync_fhir.config import Settings
 
@@ -60,29 +67,27 @@ class AuditTrail:
             return
         with self._start:
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="audit-trail", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="audit-trail", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        from vitasync_fhir.db import make_sync_engine
 
-    async def _main(self) -> None:
-        from vitasync_fhir.db import Database
-
-        database = Database(self.settings.model_copy(update={"db_pool_size": 1}))
+        # A synchronous connection: the thread has nothing to await, and a statement costs it a
+        # fifth of the CPU it cost through an async session (measured: `select 1` and commit
+        # 160 against 750 us), which the requests of this worker would otherwise wait for.
+        engine = make_sync_engine(self.settings.model_copy(update={"db_pool_size": 1}))
         pending: list[dict] = []
         waiting: list[threading.Event] = []
         stopping = False
         try:
             while not stopping or pending:
                 stopping = self._collect(pending, waiting, block=not pending) or stopping
-                if pending and not await self._write(database, pending):
+                if pending and not self._write(engine, pending):
                     if stopping:
                         log.error("audit trail: %d events not stored at shutdown", len(pending))
                         break
-                    await asyncio.sleep(1.0)  # the database is away: keep them, try again
+                    time.sleep(1.0)  # the database is away: keep them, try again
                     continue
                 for done in waiting:
                     done.set()
@@ -90,7 +95,7 @@ class AuditTrail:
         finally:
             for done in waiting:
                 done.set()
-            await database.dispose()
+            engine.dispose()
 
     def _collect(self, pending: list[dict], waiting: list[threading.Event], *, block: bool) -> bool:
         """Gather a batch: wait for a first item if told to, then up to `audit_flush_ms` more.
@@ -124,14 +129,40 @@ class AuditTrail:
             del pending[:overflow]
         return False
 
-    async def _write(self, database, pending: list[dict]) -> bool:  # type: ignore[no-untyped-def]
+    def _write(self, engine: Engine, pending: list[dict]) -> bool:
         from vitasync_fhir.auth import audit
+        from vitasync_fhir.fhir.service import new_id
 
         batch = pending[:BATCH]
+        for event in batch:  # ids kept across attempts: a batch stored twice fails as a duplicate
+            event.setdefault("id", new_id())
         try:
-            await database.run(lambda session: audit.record_many(session, batch))
+            with engine.begin() as connection:
+                audit.store_many(connection, batch)
         except Exception as error:  # the trail must outlive a database outage
-            log.warning("audit trail: %d events wait, the write failed: %s", len(pending), error)
+            # COPY raises psycopg's own error; SQLite's comes through SQLAlchemy.
+            duplicate = isinstance(error, IntegrityError | psycopg.IntegrityError)
+            stored = _stored(engine, batch) if duplicate else set()
+            if stored:  # an earlier attempt committed them, and its answer was lost on the way
+                log.warning("audit trail: %d events had been stored already", len(stored))
+                pending[:] = [event for event in pending if event.get("id") not in stored]
+            else:
+                log.warning("audit trail: %d events wait, writing failed: %s", len(pending), error)
             return False
         del pending[: len(batch)]
         return True
+
+
+def _stored(engine: Engine, batch: list[dict]) -> set[str]:
+    """The ids of the batch's events that are in the store."""
+    from vitasync_fhir.fhir.tables import resources
+
+    ids = [event["id"] for event in batch]
+    query = select(resources.c.id).where(
+        resources.c.resource_type == "AuditEvent", resources.c.id.in_(ids)
+    )
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(query).scalars())
+    except Exception:  # noqa: BLE001 - unknown: keep the events and try again
+        return set()

@@ -6,7 +6,8 @@ AuditEvents cost 10 ms of CPU before PostgreSQL saw it. On PostgreSQL rows go by
 the insert must skip conflicts and say what it inserted, as one array per column through a
 statement whose text never changes. SQLite takes an executemany at the driver, or SQLAlchemy's
 where a column needs its types (a datetime becomes the text SQLite stores); SQLAlchemy's for
-every table made index writes on SQLite a third dearer.
+every table made index writes on SQLite a third dearer. The `_sync` forms do the same on a
+synchronous connection, for the audit trail's thread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import DateTime, Table, insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -40,21 +42,55 @@ async def copy_columns(
     """Insert tuples of `columns`; the other columns take their defaults."""
     if not rows:
         return
-    names = ", ".join(columns)
     if _postgresql(session):
         driver = await _driver(session)
         async with driver.cursor() as cursor:
-            async with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            async with cursor.copy(_copy_statement(table, columns)) as copy:
                 for row in rows:
                     await copy.write_row(row)
         return
-    if any(isinstance(table.c[name].type, DateTime) for name in columns):
+    if _typed(table, columns):
         await session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
     connection = await session.connection()
+    await connection.exec_driver_sql(_insert_statement(table, columns), list(rows))
+
+
+def copy_rows_sync(connection: Connection, table: Table, rows: Sequence[tuple]) -> None:
+    """`copy_rows` on a synchronous connection, in its transaction: a thread of its own (the
+    audit trail's) writes this way, at a fifth of the CPU per statement of an async session."""
+    copy_columns_sync(connection, table, [c.name for c in table.columns], rows)
+
+
+def copy_columns_sync(
+    connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple]
+) -> None:
+    if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        with connection.connection.driver_connection.cursor() as cursor:
+            with cursor.copy(_copy_statement(table, columns)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        return
+    if _typed(table, columns):
+        connection.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    connection.exec_driver_sql(_insert_statement(table, columns), list(rows))
+
+
+def _copy_statement(table: Table, columns: Sequence[str]) -> str:
+    return f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+
+
+def _typed(table: Table, columns: Sequence[str]) -> bool:
+    """SQLite: a column whose values SQLAlchemy must convert (a datetime to its stored text)."""
+    return any(isinstance(table.c[name].type, DateTime) for name in columns)
+
+
+def _insert_statement(table: Table, columns: Sequence[str]) -> str:
     marks = ", ".join("?" for _ in columns)
-    statement = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
-    await connection.exec_driver_sql(statement, list(rows))
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
 
 
 async def insert_new_pg(

@@ -204,9 +204,8 @@ class Resources:
         if resource is not None:
             await self.access.require_writable(resource_type, resource, interaction)
 
-    def plan_create(
-        self, resource_type: str, data: dict, *, resource_id: str | None = None
-    ) -> Write:
+    @staticmethod
+    def plan_create(resource_type: str, data: dict, *, resource_id: str | None = None) -> Write:
         rid = resource_id or new_id()
         moment = now()
         content, resource = stamp(data, resource_type, rid, 1, moment)

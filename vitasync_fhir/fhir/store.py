@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import and_, bindparam, func, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement, FromClause, Select
 
 from vitasync_fhir.db import mark_written
 from vitasync_fhir.fhir import bulk
-from vitasync_fhir.fhir.search.index import write_indexes
+from vitasync_fhir.fhir.search.index import write_indexes, write_new_indexes
 from vitasync_fhir.fhir.tables import resource_history, resources
 
 # The access layer's filter on a table with resource_type and id columns (None: no filter).
@@ -186,21 +186,7 @@ class Store:
             if w.replaces is not None:
                 await self._replace(w)
         await bulk.copy_columns(
-            self.session,
-            resource_history,
-            _HISTORY_COLUMNS,
-            [
-                (
-                    w.version.resource_type,
-                    w.version.id,
-                    w.version.version_id,
-                    w.version.last_updated,
-                    w.version.method,
-                    w.version.deleted,
-                    w.version.content,
-                )
-                for w in writes
-            ],
+            self.session, resource_history, _HISTORY_COLUMNS, [_history_row(w) for w in writes]
         )
         await write_indexes(
             self.session,
@@ -294,6 +280,25 @@ def _history_filter(  # type: ignore[no-untyped-def]
         if clause is not None:
             conditions.append(clause)
     return and_(*conditions)
+
+
+def write_new(connection: Connection, writes: Sequence[Write]) -> None:
+    """Store first versions of new resources on a synchronous connection, in its transaction:
+    the audit trail's thread writes its AuditEvents so. Their ids are new, so the rows are
+    copied without a conflict check; an id stored already fails the whole transaction."""
+    if not writes:
+        return
+    current = [tuple(_current_row(w.version)[name] for name in _CURRENT_COLUMNS) for w in writes]
+    bulk.copy_columns_sync(connection, resources, _CURRENT_COLUMNS, current)
+    history = [_history_row(w) for w in writes]
+    bulk.copy_columns_sync(connection, resource_history, _HISTORY_COLUMNS, history)
+    items = [(w.version.resource_type, w.version.id, w.resource) for w in writes]
+    write_new_indexes(connection, items)
+
+
+def _history_row(w: Write) -> tuple:
+    v = w.version
+    return (v.resource_type, v.id, v.version_id, v.last_updated, v.method, v.deleted, v.content)
 
 
 def _current_row(v: Version) -> dict:

@@ -12,7 +12,8 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import Table, and_, delete, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.db import Database, mark_written, unit_of_work
@@ -323,6 +324,23 @@ async def write_indexes(
     """
     if not items:
         return
+    replaced = [item for item in items if (item[0], item[1]) not in created] if created else items
+    if replaced:
+        await _delete_rows(session, replaced)
+    for table, rows in index_rows(items):
+        await bulk.copy_rows(session, table, rows)
+
+
+def write_new_indexes(
+    connection: Connection, items: Sequence[tuple[str, str, dict | None]]
+) -> None:
+    """The index rows of new resources, on a synchronous connection (the audit trail's)."""
+    for table, rows in index_rows(items):
+        bulk.copy_rows_sync(connection, table, rows)
+
+
+def index_rows(items: Sequence[tuple[str, str, dict | None]]) -> list[tuple[Table, list[tuple]]]:
+    """Each index table (and the compartment table) with the rows of `items`, keys included."""
     inserts: dict[str, list[tuple]] = {name: [] for name in INDEX_TABLES}
     compartment_rows: list[tuple] = []
     for resource_type, resource_id, resource in items:
@@ -337,12 +355,10 @@ async def write_indexes(
             (resource_type, resource_id, "Patient", patient_id)
             for patient_id in compartments(resource_type, resource_id, rows)
         )
-    replaced = [item for item in items if (item[0], item[1]) not in created] if created else items
-    if replaced:
-        await _delete_rows(session, replaced)
-    for name, table in INDEX_TABLES.items():
-        await bulk.copy_rows(session, table, inserts[name])
-    await bulk.copy_rows(session, resource_compartments, compartment_rows)
+    out = [(table, inserts[name]) for name, table in INDEX_TABLES.items() if inserts[name]]
+    if compartment_rows:
+        out.append((resource_compartments, compartment_rows))
+    return out
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
