@@ -74,7 +74,7 @@ class Access:
         """403 unless the caller may perform `interaction` on some `resource_type`."""
         if self.caller is None or policy.allowed(self.caller, resource_type, interaction):
             return
-        await self._denied(resource_type, interaction, resource_id)
+        await self.record_denial(resource_type, interaction, resource_id)
         raise FhirError(
             403, "forbidden", f"Your role may not {interaction} {resource_type} resources"
         )
@@ -85,16 +85,38 @@ class Access:
         resource_id: str,
         content: str | dict | None,
         interaction: str = "read",
+        *,
+        unknown: str | None = None,
     ) -> None:
-        """404 unless the caller may see this one resource (existence must not leak)."""
+        """404 unless the caller may see this one resource (existence must not leak): with the
+        text `unknown`, which the caller gives when a missing resource would answer another."""
         if self.caller is None or content is None:
             return
-        if policy.may_touch(
-            self.caller, resource_type, content, interaction
-        ) and await self._owned(resource_type, resource_id):
+        if policy.may_touch(self.caller, resource_type, content, interaction) and await self._owned(
+            resource_type, resource_id
+        ):
             return
-        await self._denied(resource_type, interaction, resource_id)
-        raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
+        await self.record_denial(resource_type, interaction, resource_id)
+        raise FhirError(404, "not-found", unknown or f"{resource_type}/{resource_id} is not known")
+
+    def may_see_version(
+        self, resource_type: str, content: str | None, interaction: str = "history"
+    ) -> bool:
+        """Whether one stored version is the caller's to see: a history lists each version
+        only to whom its own content is visible (a resource may have moved between patients)."""
+        return (
+            self.caller is None
+            or content is None
+            or policy.may_touch(self.caller, resource_type, content, interaction)
+        )
+
+    def limited(self, resource_types: Iterable[str], interaction: str) -> bool:
+        """Whether the caller may not see all of some of these types (a patient's part only)."""
+        caller = self.caller
+        if caller is None:
+            return False
+        decisions = (policy.decide(caller, name, interaction) for name in resource_types)
+        return any(not d.allowed or d.patient_id is not None for d in decisions)
 
     async def _owned(self, resource_type: str, resource_id: str) -> bool:
         """Whether the caller owns this one, for types that belong to their creator."""
@@ -110,7 +132,7 @@ class Access:
             self.caller, resource_type, resource, interaction
         ):
             return
-        await self._denied(resource_type, interaction, resource.get("id"))
+        await self.record_denial(resource_type, interaction, resource.get("id"))
         raise FhirError(403, "forbidden", f"You may not {interaction} this {resource_type}")
 
     def restriction(self, interaction: str = "search"):  # type: ignore[no-untyped-def]
@@ -211,7 +233,10 @@ class Access:
             query=query,
         )
 
-    async def _denied(self, resource_type: str, action: str, resource_id: str | None) -> None:
+    async def record_denial(
+        self, resource_type: str | None, action: str, resource_id: str | None = None
+    ) -> None:
+        """Audit a refusal (outcome 4, denied): apart from the request, which rolls back."""
         if self.database is None:
             return
         event = self._event("denied", action, resource_type, resource_id)

@@ -95,7 +95,12 @@ async def qr_code(
         )
     check_id(resource_id)
     resource_type = await _type_of(resources, resource_id)
-    await resources.read(resource_type, resource_id, action="$qr")
+    try:
+        await resources.read(resource_type, resource_id, action="$qr")
+    except FhirError as error:  # hidden or gone: as unknown as an id never used
+        if error.status in (404, 410):
+            raise outcomes.not_found(_UNKNOWN.format(resource_id)) from None
+        raise
     link = links.make(settings, resource_type, resource_id)
     url = links.url(settings, link)
     data = await asyncio.to_thread(qr.image, url, fmt=fmt, size=size)
@@ -103,20 +108,31 @@ async def qr_code(
     return Code(data, qr.FORMATS[fmt], filename, url)
 
 
+_UNKNOWN = "No resource you may read has the id {}"
+
+
 async def _type_of(resources: Resources, resource_id: str) -> str:
-    """The type of the one current resource with this id that the caller may read."""
-    caller = resources.access.caller
+    """The type of the one current resource with this id that the caller may read (when none
+    is, a type whose read then refuses it, so that the refusal is audited)."""
+    access = resources.access
+    caller = access.caller
     types = [
         t for t in sorted(resource_types()) if caller is None or policy.allowed(caller, t, "read")
     ]
     found = await resources.store.types_with_id(resource_id, types)
     if not found:
-        raise outcomes.not_found(f"No resource you may read has the id {resource_id}")
-    if len(found) > 1:  # ids are unique per type only; uuids never collide in practice
+        raise outcomes.not_found(_UNKNOWN.format(resource_id))
+    currents = [await resources.store.current(t, resource_id) for t in found]
+    visible = [
+        v.resource_type
+        for v in currents
+        if v is not None and access.may_see_version(v.resource_type, v.content, "read")
+    ]
+    if len(visible) > 1:  # ids are unique per type only; uuids never collide in practice
         raise FhirError(
-            409, "multiple-matches", f"Several resources have the id {resource_id}: {found}"
+            409, "multiple-matches", f"Several resources have the id {resource_id}: {visible}"
         )
-    return found[0]
+    return visible[0] if visible else found[0]
 
 
 def _filename(values: dict) -> str:

@@ -275,6 +275,10 @@ class Transaction:
             entry.response = _response("200 OK", entry.existing, self.base)
             return None
         current = currents.get((entry.resource_type, entry.resource_id))
+        interaction = {"POST": "create", "PUT": "update", "PATCH": "patch"}[entry.method]
+        # Before anything about the current version is told (its version, its content in a
+        # failed patch): the caller must be allowed to see it.
+        await r.permit_write(entry.resource_type, None, interaction, current)
         if entry.if_match:
             expected = parse_etag(entry.if_match, header="ifMatch")
             if current is None or current.version_id != expected:
@@ -282,7 +286,7 @@ class Transaction:
                     f"{entry.resource_type}/{entry.resource_id} is not at version {expected}"
                 )
         if entry.method == "PATCH":
-            if current is None or current.deleted or current.content is None:
+            if current is None or current.content is None:
                 raise outcomes.not_found(f"{entry.resource_type}/{entry.resource_id} is not known")
             try:
                 data = jsonpatch.apply_patch(
@@ -301,8 +305,7 @@ class Transaction:
         resource = check_resource(data, entry.resource_type)
         if resource.get("id") != entry.resource_id:
             raise outcomes.bad_request("The resource's id must equal the id in request.url")
-        interaction = {"POST": "create", "PUT": "update", "PATCH": "patch"}[entry.method]
-        await r.permit_write(entry.resource_type, resource, interaction, current)
+        await r.access.require_writable(entry.resource_type, resource, interaction)
         if entry.method == "POST":
             write = r.plan_create(entry.resource_type, resource, resource_id=entry.resource_id)
             write = Write(write.version, write.resource, None)

@@ -80,10 +80,10 @@ async def page(
     cursor = _int_param(request, "_cursor", 0, maximum=2**62) if cursor_text else None
     since = _since(request)
     restrict = None
+    types = (resource_type,) if resource_type else tuple(sorted(resource_types()))
     if resource_id is None:  # an instance was checked when it was read
         if resource_type is not None:
             await access.require(resource_type, "history-type")
-        types = (resource_type,) if resource_type else tuple(sorted(resource_types()))
         restrict = access.restriction("history-type")
         restrict = restrict and (lambda table, _r=restrict, _t=types: _r(table, _t))
         await access.audited(
@@ -100,8 +100,15 @@ async def page(
     )
     more = len(rows) > count
     rows = rows[:count]
+    # The filter above keeps resources by their current compartment; each version is shown only
+    # to whom its own content is visible. A caller who sees a patient's part of these types gets
+    # no total: counting what is hidden from them would tell how much there is.
+    limited = access.limited(types, "history")
+    shown = [
+        v for _, v in rows if not limited or access.may_see_version(v.resource_type, v.content)
+    ]
     total = None
-    if request.query_params.get("_total") == "accurate":
+    if request.query_params.get("_total") == "accurate" and not limited:
         total = await store.history_count(
             resource_type=resource_type, resource_id=resource_id, since=since, restrict=restrict
         )
@@ -122,5 +129,5 @@ async def page(
         bundle_type="history",
         total=total,
         links=links,
-        entries=(_entry(base, version) for _, version in rows),
+        entries=(_entry(base, version) for version in shown),
     )

@@ -149,12 +149,25 @@ class Resources:
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
         if found.deleted:
+            await self.require_visible_deletion(found, action)
             raise outcomes.gone(
                 f"{resource_type}/{resource_id} was deleted", headers={"ETag": found.etag}
             )
         await self.access.require_visible(resource_type, resource_id, found.content, action)
         await self.access.audited(self.session, action, resource_type, resource_id)
         return found
+
+    async def require_visible_deletion(self, tombstone: Version, action: str) -> None:
+        """A deletion is told (410) only to whom the version it deleted was visible; to anyone
+        else the resource is as unknown (404) as one never made."""
+        if self.access.is_system:
+            return
+        last = await self.store.version(
+            tombstone.resource_type, tombstone.id, tombstone.version_id - 1
+        )
+        await self.access.require_visible(
+            tombstone.resource_type, tombstone.id, last.content if last else None, action
+        )
 
     async def read_any(self, resource_type: str, resource_id: str) -> Version:
         """The current version, tombstones included; 404 only when the id was never used."""
@@ -163,11 +176,8 @@ class Resources:
         found = await self.store.current(resource_type, resource_id)
         if found is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
-        if found.deleted and not self.access.is_system:
-            last = await self.store.version(resource_type, resource_id, found.version_id - 1)
-            await self.access.require_visible(
-                resource_type, resource_id, last.content if last else None, "history"
-            )
+        if found.deleted:
+            await self.require_visible_deletion(found, "history")
         await self.access.require_visible(resource_type, resource_id, found.content, "history")
         await self.access.audited(self.session, "history-instance", resource_type, resource_id)
         return found
@@ -177,14 +187,18 @@ class Resources:
         await self.access.require(resource_type, "vread", resource_id=resource_id)
         if not version_id.isdigit():
             raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id!r}")
+        unknown = f"{resource_type}/{resource_id} has no version {version_id}"
         found = await self.store.version(resource_type, resource_id, int(version_id))
         if found is None:
-            raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id}")
+            raise outcomes.not_found(unknown)
         if found.deleted:
+            await self.require_visible_deletion(found, "vread")
             raise outcomes.gone(
                 f"Version {version_id} of {resource_type}/{resource_id} is a deletion"
             )
-        await self.access.require_visible(resource_type, resource_id, found.content, "vread")
+        await self.access.require_visible(
+            resource_type, resource_id, found.content, "vread", unknown=unknown
+        )
         await self.access.audited(self.session, "vread", resource_type, resource_id)
         return found
 
@@ -197,7 +211,9 @@ class Resources:
         await self.access.require(
             resource_type, interaction, resource_id=current.id if current else None
         )
-        if current is not None and not current.deleted:
+        if current is not None and current.deleted:
+            await self.require_visible_deletion(current, interaction)
+        elif current is not None:
             await self.access.require_visible(
                 resource_type, current.id, current.content, interaction
             )
@@ -310,10 +326,12 @@ class Resources:
         check_type(resource_type)
         if not isinstance(operations, list):
             raise outcomes.bad_request("A JSON Patch body is an array of operations")
+        await self.access.require(resource_type, "patch", resource_id=resource_id)
         current = await self.store.current(resource_type, resource_id)
         if current is None:
             raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
+            await self.require_visible_deletion(current, "patch")
             raise outcomes.gone(f"{resource_type}/{resource_id} was deleted")
         await self.permit_write(resource_type, None, "patch", current)
         expected = parse_etag(if_match) if if_match else None

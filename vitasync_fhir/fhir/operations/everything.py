@@ -31,7 +31,7 @@ from vitasync_fhir.fhir.responses import bundle, bundle_entry, fhir_response
 from vitasync_fhir.fhir.search import paging, query
 from vitasync_fhir.fhir.search.params import Include, parse_query
 from vitasync_fhir.fhir.search.registry import compartment_types
-from vitasync_fhir.fhir.service import check_id, instant
+from vitasync_fhir.fhir.service import Resources, check_id, instant
 from vitasync_fhir.fhir.store import Store
 
 router = APIRouter()
@@ -171,6 +171,7 @@ async def patient_everything(
     if found is None:
         raise FhirError(404, "not-found", f"Patient/{patient_id} is not known")
     if found.deleted:
+        await Resources(session, access).require_visible_deletion(found, "$everything")
         raise FhirError(410, "deleted", f"Patient/{patient_id} was deleted")
     await access.require_visible("Patient", patient_id, found.content, "$everything")
     pairs = list(request.query_params.multi_items())

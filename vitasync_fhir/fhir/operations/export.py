@@ -85,19 +85,25 @@ async def _kickoff(
     if caller is None:  # pragma: no cover - AccessDep always carries a caller
         raise FhirError(401, "login", "Authentication is required")
     if level == "system" and not _may_export_system(caller):
+        await access.record_denial(None, "$export")
         raise FhirError(
             403, "forbidden", "A system export needs a backend-services token (system/*.rs)"
         )
     if level != "system":
         await access.require("Patient", "$export")
     settings = request.app.state.settings
-    export = parse_kickoff(
-        list(request.query_params.multi_items()),
-        level=level,
-        caller=caller,
-        lenient="handling=lenient" in _prefer(request),
-        base=settings.fhir_base,
-    )
+    try:
+        export = parse_kickoff(
+            list(request.query_params.multi_items()),
+            level=level,
+            caller=caller,
+            lenient="handling=lenient" in _prefer(request),
+            base=settings.fhir_base,
+        )
+    except FhirError as error:
+        if error.status == 403:  # a type the caller may not export
+            await access.record_denial(None, "$export")
+        raise
     if group_id is not None:
         export.members = await _members(session, access, group_id)
     # The public address (the server may sit behind a proxy), as the status URL has it.

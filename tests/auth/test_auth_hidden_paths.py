@@ -1,0 +1,199 @@
+"""What a caller may not see stays unseen on the side paths too: PATCH in a bundle, deleted
+resources, versions that belonged to another patient, vread's wording, QR codes, refused exports.
+
+Each case was a leak found in review (session 8): the caller learnt another patient's data, or
+that a resource of theirs exists, where the plain read answers a 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from factories import FHIR_JSON, create, observation, patient
+
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+
+
+def _people(client) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    own = create(client, patient(family="Own"))["id"]
+    other = create(client, patient(family="SecretOther", given="Bob"))["id"]
+    return own, other
+
+
+def _patch_entry(resource_type: str, resource_id: str, operations: list) -> dict:
+    data = base64.b64encode(json.dumps(operations).encode()).decode()
+    return {
+        "resource": {
+            "resourceType": "Binary",
+            "contentType": "application/json-patch+json",
+            "data": data,
+        },
+        "request": {"method": "PATCH", "url": f"{resource_type}/{resource_id}"},
+    }
+
+
+def test_a_patch_in_a_bundle_shows_nothing_of_a_hidden_resource(client, anonymous, signed_in):
+    own, other = _people(client)
+    theirs = create(
+        client, observation(patient_ref=f"Patient/{other}", code="HIV-SECRET-CODE", value=999)
+    )["id"]
+    probe = [{"op": "test", "path": "", "value": 0}]  # fails, quoting what it compared
+    for role, patient_id in (("patient", own), ("pharmacist", None)):
+        me = signed_in(role=role, patient_id=patient_id)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                _patch_entry("Observation", theirs, probe),
+                _patch_entry("Patient", other, probe),
+            ],
+        }
+        answer = anonymous.post("/fhir", json=bundle, headers={**me, **FHIR_JSON})
+        assert answer.status_code == 200, answer.text
+        statuses = [e["response"]["status"][:3] for e in answer.json()["entry"]]
+        assert all(s in ("403", "404") for s in statuses), (role, statuses)
+        assert "HIV-SECRET-CODE" not in answer.text and "SecretOther" not in answer.text
+        bundle = {**bundle, "type": "transaction", "entry": bundle["entry"][:1]}
+        answer = anonymous.post("/fhir", json=bundle, headers={**me, **FHIR_JSON})
+        assert answer.status_code in (403, 404), answer.text
+        assert "HIV-SECRET-CODE" not in answer.text
+
+
+def test_a_batch_if_match_tells_no_version_of_a_hidden_resource(client, anonymous, signed_in):
+    own, other = _people(client)
+    me = signed_in(role="patient", patient_id=own)
+    theirs = {"resourceType": "Patient", "id": other, "name": [{"family": "Mine now"}]}
+    answers = []
+    for version in ("1", "7"):
+        entry = {
+            "resource": theirs,
+            "request": {"method": "PUT", "url": f"Patient/{other}", "ifMatch": f'W/"{version}"'},
+        }
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry]}
+        answer = anonymous.post("/fhir", json=bundle, headers={**me, **FHIR_JSON})
+        answers.append(answer.json()["entry"][0]["response"]["status"][:3])
+    assert answers[0] == answers[1] and answers[0] in ("403", "404"), answers
+
+
+def test_a_patch_tells_nothing_of_a_hidden_resource(client, anonymous, signed_in):
+    own, other = _people(client)
+    theirs = create(client, observation(patient_ref=f"Patient/{other}"))["id"]
+    me = signed_in(role="patient", patient_id=own)
+    ops = json.dumps([{"op": "replace", "path": "/status", "value": "final"}])
+    exists = anonymous.patch(
+        f"/fhir/Observation/{theirs}", content=ops, headers={**me, **JSON_PATCH}
+    )
+    missing = anonymous.patch("/fhir/Observation/nope", content=ops, headers={**me, **JSON_PATCH})
+    assert exists.status_code == missing.status_code, (exists.text, missing.text)
+
+
+def test_a_deletion_is_told_only_to_whom_the_resource_was_visible(client, anonymous, signed_in):
+    own, other = _people(client)
+    gone = create(client, observation(patient_ref=f"Patient/{other}"))["id"]
+    mine_gone = create(client, observation(patient_ref=f"Patient/{own}"))["id"]
+    for rid in (gone, mine_gone):
+        assert client.delete(f"/fhir/Observation/{rid}").status_code == 204
+    dead = create(client, patient(family="Dead"))["id"]
+    assert client.delete(f"/fhir/Patient/{dead}").status_code == 204
+    me = signed_in(role="patient", patient_id=own)
+
+    assert anonymous.get(f"/fhir/Observation/{gone}", headers=me).status_code == 404
+    assert anonymous.get(f"/fhir/Observation/{gone}/_history/2", headers=me).status_code == 404
+    assert anonymous.get(f"/fhir/Patient/{dead}/$everything", headers=me).status_code == 404
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Observation/{gone}"}}],
+    }
+    answer = anonymous.post("/fhir", json=batch, headers={**me, **FHIR_JSON})
+    assert answer.json()["entry"][0]["response"]["status"].startswith("404"), answer.text
+    # their own deletion is told as one
+    assert anonymous.get(f"/fhir/Observation/{mine_gone}", headers=me).status_code == 410
+
+
+def test_vread_words_a_hidden_version_as_a_missing_one(client, anonymous, signed_in):
+    own, other = _people(client)
+    live = create(client, observation(patient_ref=f"Patient/{other}"))["id"]
+    me = signed_in(role="patient", patient_id=own)
+    hidden = anonymous.get(f"/fhir/Observation/{live}/_history/1", headers=me)
+    unknown = anonymous.get(f"/fhir/Observation/{live[:-4]}ffff/_history/1", headers=me)
+    assert hidden.status_code == unknown.status_code == 404
+    word = lambda r: r.json()["issue"][0]["diagnostics"].split(" ", 1)[1]  # noqa: E731
+    assert word(hidden) == word(unknown)  # "has no version 1", after the id
+
+
+def test_history_shows_only_the_versions_that_were_the_callers(client, anonymous, signed_in):
+    own, other = _people(client)
+    obs = observation(patient_ref=f"Patient/{other}", code="OTHER-ONLY")
+    obs["subject"]["display"] = "Bob SecretOther"
+    rid = create(client, obs)["id"]
+    moved = {**obs, "id": rid, "subject": {"reference": f"Patient/{own}"}}
+    assert client.put(f"/fhir/Observation/{rid}", json=moved, headers=FHIR_JSON).status_code == 200
+    me = signed_in(role="patient", patient_id=own)
+    for url in (
+        f"/fhir/Observation/{rid}/_history",
+        "/fhir/Observation/_history",
+        "/fhir/_history",
+    ):
+        answer = anonymous.get(url + "?_total=accurate", headers=me)
+        assert answer.status_code == 200, answer.text
+        versions = [
+            e["resource"]["meta"]["versionId"]
+            for e in answer.json().get("entry", [])
+            if e.get("resource", {}).get("id") == rid
+        ]
+        assert versions == ["2"], (url, versions)
+        assert "SecretOther" not in answer.text and "total" not in answer.json()
+    # staff see both versions, and the total
+    answer = client.get(f"/fhir/Observation/{rid}/_history?_total=accurate")
+    assert len(answer.json()["entry"]) == 2 and answer.json()["total"] == 2
+
+
+def test_a_put_takes_no_other_patients_deleted_resource(client, anonymous, signed_in):
+    own, other = _people(client)
+    appointment = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "description": "Bob's oncology follow-up",
+        "participant": [{"actor": {"reference": f"Patient/{other}"}, "status": "accepted"}],
+    }
+    rid = create(client, appointment)["id"]
+    assert client.delete(f"/fhir/Appointment/{rid}").status_code == 204
+    me = signed_in(role="patient", patient_id=own)
+    mine = {
+        "resourceType": "Appointment",
+        "id": rid,
+        "status": "booked",
+        "participant": [{"actor": {"reference": f"Patient/{own}"}, "status": "accepted"}],
+    }
+    answer = anonymous.put(f"/fhir/Appointment/{rid}", json=mine, headers={**me, **FHIR_JSON})
+    assert answer.status_code == 404, answer.text
+    assert client.get(f"/fhir/Appointment/{rid}").status_code == 410  # still deleted
+
+
+def test_a_qr_code_tells_nothing_of_a_hidden_resource(client, anonymous, signed_in):
+    own, other = _people(client)
+    theirs = create(client, observation(patient_ref=f"Patient/{other}"))["id"]
+    me = signed_in(role="patient", patient_id=own)
+    hidden = anonymous.get(f"/get_qr/{theirs}", headers=me)
+    unknown = anonymous.get("/get_qr/0190aaaa-0000-7000-8000-000000000000", headers=me)
+    assert hidden.status_code == unknown.status_code == 404
+    assert hidden.json()["detail"].replace(theirs, "X") == unknown.json()["detail"].replace(
+        "0190aaaa-0000-7000-8000-000000000000", "X"
+    ), (hidden.text, unknown.text)
+
+
+def test_a_refused_export_is_audited(client, anonymous, signed_in):
+    own, _ = _people(client)
+    me = signed_in(role="patient", patient_id=own)
+
+    def denials() -> int:
+        entries = client.get("/fhir/AuditEvent?outcome=4&_count=500").json().get("entry", [])
+        return sum(1 for e in entries if "$export" in json.dumps(e["resource"]["subtype"]))
+
+    before = denials()
+    prefer = {**me, "Prefer": "respond-async", "Accept": "application/fhir+json"}
+    assert anonymous.get("/fhir/$export", headers=prefer).status_code == 403
+    assert anonymous.get("/fhir/Patient/$export?_type=Group", headers=prefer).status_code == 403
+    assert denials() == before + 2
