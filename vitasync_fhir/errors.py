@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome_bytes
@@ -126,6 +127,14 @@ def install(app: FastAPI) -> None:
         if error.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return error_response(request, error.status_code, [Issue(code, message)], headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client closed the connection before its body arrived (a load generator ending
+        # its round, a browser tab closed): nothing was done and nobody reads the answer.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        message = "The connection closed before the request's body arrived"
+        return error_response(request, 400, [Issue("incomplete", message)])
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> Response:
