@@ -111,3 +111,14 @@ def test_a_transaction_counts_its_own_fills(client):
     assert client.get(f"/fhir/MedicationRequest/{rx['id']}").json()["status"] == "completed"
     history = client.get(f"/fhir/MedicationRequest/{rx['id']}/_history").json()
     assert [e["resource"]["status"] for e in history["entry"]] == ["completed", "active"]
+
+
+def test_a_fill_of_nothing_or_less_uses_no_repeat(client):
+    pid = new_patient(client)
+    rx = create(client, prescription(patient_id=pid, repeats=0, quantity=21))
+    for quantity in (-1, 0):
+        refused = client.post(f"/api/prescriptions/{rx['id']}/fill", json={"quantity": quantity})
+        assert refused.status_code in (400, 409, 422), refused.text
+    assert _dispenses(client, rx["id"]) == []
+    filled = client.post(f"/api/prescriptions/{rx['id']}/fill", json={"quantity": 21})
+    assert filled.status_code == 200, filled.text

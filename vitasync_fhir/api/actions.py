@@ -6,12 +6,13 @@ audit), and each races safely: a second fill or a double booking answers 409.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 
 from vitasync_fhir.api.service import ApiResources, invalid, simple
 from vitasync_fhir.fhir.outcomes import FhirError
+from vitasync_fhir.fhir.search import dates
 from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import instant
 from vitasync_fhir.mapping.convert import FieldError, InvalidInput, _datetime
@@ -95,12 +96,23 @@ async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> 
     return await api.get(resource_id)
 
 
+_DAY = 86_400_000_000  # microseconds
+
+
 def _window(appointment: dict) -> tuple[datetime, datetime]:
-    start = datetime.fromisoformat(appointment["start"])
-    end = datetime.fromisoformat(appointment["end"])
+    start, end = _moment(appointment.get("start")), _moment(appointment.get("end"))
+    if start is None or end is None:
+        field = "start" if start is None else "end"
+        raise invalid(InvalidInput([FieldError(field, "is not a date and time")]))
     if end <= start:
         raise invalid(InvalidInput([FieldError("end", "must be after start")]))
     return start, end
+
+
+def _moment(value: object) -> datetime | None:
+    """An instant as FHIR writes it (a leap second or an odd zone fails, it does not raise)."""
+    found = dates.parse_range(value) if isinstance(value, str) else None
+    return dates.from_micros(found[0]) if found else None
 
 
 def _doctor(appointment: dict) -> str | None:
@@ -123,17 +135,17 @@ async def check_free(api: ApiResources, appointment: dict, *, ignore: str | None
         ("practitioner", f"Practitioner/{doctor}"),
         ("status", ",".join(ACTIVE_APPOINTMENT)),
         ("date", f"lt{end.isoformat()}"),
-        ("date", f"gt{(start - timedelta(days=1)).isoformat()}"),
+        ("date", f"gt{dates.from_micros(dates.micros(start) - _DAY).isoformat()}"),
     ]
     contents, _ = await find(api.session, api.settings, "Appointment", pairs, offset=0, limit=500)
     for content in contents:
         other = orjson.loads(content)
-        if other.get("id") == ignore or not other.get("end"):
+        if other.get("id") == ignore:
             continue
-        if (
-            datetime.fromisoformat(other["start"]) < end
-            and datetime.fromisoformat(other["end"]) > start
-        ):
+        other_start, other_end = _moment(other.get("start")), _moment(other.get("end"))
+        if other_start is None or other_end is None:
+            continue
+        if other_start < end and other_end > start:
             raise FhirError(
                 409, "conflict", f"The doctor is booked from {other['start']} to {other['end']}"
             )

@@ -20,6 +20,7 @@ from vitasync_fhir.mapping.spec import Mapping
 
 MAX_PER_PAGE = 100
 LIST_PARAMS = {"page", "per_page", "sort", "from", "to"}
+MAX_NUMBER = 1_000_000_000  # a page past this would ask the database for an offset it cannot hold
 
 
 def invalid(errors: InvalidInput) -> FhirError:
@@ -170,6 +171,8 @@ def _positive(query: dict[str, str], name: str, default: int) -> int:
     value = query.get(name)
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1:
-        raise FhirError(400, "invalid", f"{name} must be a whole number from 1", expression=name)
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_NUMBER:
+        raise FhirError(
+            400, "invalid", f"{name} must be a whole number from 1 to {MAX_NUMBER}", expression=name
+        )
     return int(value)

@@ -69,9 +69,14 @@ class User:
 
 
 def normal_email(email: str) -> str:
+    """The address in lower case; 422 unless it is one plain address e-mail can be sent to."""
+    from vitasync_fhir.notify.outbox import address_of
+
     value = email.strip().lower()
     local, at, domain = value.partition("@")
     if not local or not at or "." not in domain or " " in value or len(value) > 320:
+        raise AccountError(422, "The e-mail address is not valid")
+    if address_of(value) != value:
         raise AccountError(422, "The e-mail address is not valid")
     return value
 

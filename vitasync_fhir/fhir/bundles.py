@@ -9,10 +9,12 @@ resolved inside the same database transaction. A batch runs each entry in its ow
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass, field
 
-import jsonpatch
 import orjson
+import psycopg
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import SYSTEM, Access
@@ -23,6 +25,7 @@ from vitasync_fhir.fhir.responses import bundle, bundle_entry
 from vitasync_fhir.fhir.search.service import match_ids
 from vitasync_fhir.fhir.service import (
     Resources,
+    apply_patch,
     check_resource,
     check_type,
     instant,
@@ -30,6 +33,8 @@ from vitasync_fhir.fhir.service import (
     parse_etag,
 )
 from vitasync_fhir.fhir.store import Version, VersionConflict, Write
+
+log = logging.getLogger(__name__)
 
 PHASE = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 JSON_PATCH = "application/json-patch+json"
@@ -98,11 +103,19 @@ def parse_entries(data: object, base: str) -> tuple[str, list[Entry]]:
     if not isinstance(raw, list):
         raise outcomes.bad_request("Bundle.entry must be an array", expression="Bundle.entry")
     entries = []
+    named: dict[str, int] = {}
     for index, item in enumerate(raw):
         try:
-            entries.append(_entry(index, item, base))
+            entry = _entry(index, item, base)
+            if entry.full_url in named:  # a reference to it could mean either entry
+                raise outcomes.bad_request(
+                    f"fullUrl {entry.full_url} is also entry {named[entry.full_url]}'s"
+                )
         except FhirError as error:
             raise _fail(index, error) from None
+        if entry.full_url:
+            named[entry.full_url] = index
+        entries.append(entry)
     return kind, entries
 
 
@@ -121,6 +134,9 @@ def _entry(index: int, item: object, base: str) -> Entry:
         raise outcomes.bad_request("a POST entry's url is the resource type alone")
     if method in ("PUT", "PATCH", "DELETE") and not (resource_id or query):
         raise outcomes.bad_request(f"a {method} entry's url needs an id or search criteria")
+    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
+        if request.get(name) is not None and not isinstance(request[name], str):
+            raise outcomes.bad_request(f"request.{name} must be a string")
     full_url = item.get("fullUrl")
     return Entry(
         index=index,
@@ -155,7 +171,7 @@ def _patch_operations(resource: dict) -> list:
         raise outcomes.bad_request("a PATCH entry carries a Binary of application/json-patch+json")
     try:
         operations = orjson.loads(base64.b64decode(resource.get("data", ""), validate=True))
-    except (ValueError, orjson.JSONDecodeError):
+    except (TypeError, ValueError, orjson.JSONDecodeError):
         raise outcomes.bad_request("the Binary's data is not a base64 JSON Patch") from None
     if not isinstance(operations, list):
         raise outcomes.bad_request("a JSON Patch is an array of operations")
@@ -178,10 +194,14 @@ class Transaction:
     async def run(self) -> str:
         ordered = sorted(self.entries, key=lambda e: (PHASE[e.method], e.index))
         for entry in self.entries:
-            check_type(entry.resource_type)
+            try:
+                check_type(entry.resource_type)
+            except FhirError as error:
+                raise _fail(entry.index, error) from None
         self._check_targets()
         for entry in ordered:
             await self._guard(entry, self._resolve(entry))
+        self._check_targets()  # conditional entries now have ids: two may have met on one
         writes: list[Write] = []
         targets = [
             (e.resource_type, e.resource_id)
@@ -263,7 +283,7 @@ class Transaction:
             match = await r.conditional_match(entry.resource_type, entry.query)
             body_id = (entry.resource or {}).get("id") if entry.method == "PUT" else None
             entry.resource_id = match.id if match else (body_id or new_id())
-        else:
+        elif entry.method not in ("PUT", "PATCH"):
             return
         if entry.full_url:
             self.ids[entry.full_url] = f"{entry.resource_type}/{entry.resource_id}"
@@ -288,14 +308,7 @@ class Transaction:
         if entry.method == "PATCH":
             if current is None or current.content is None:
                 raise outcomes.not_found(f"{entry.resource_type}/{entry.resource_id} is not known")
-            try:
-                data = jsonpatch.apply_patch(
-                    orjson.loads(current.content), _patch_operations(entry.resource)
-                )
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
-                raise FhirError(
-                    422, "processing", f"The patch cannot be applied: {error}"
-                ) from None
+            data = apply_patch(current.content, _patch_operations(entry.resource))
         else:
             data = await self._rewrite(entry.resource)
         if entry.method == "POST":
@@ -412,6 +425,12 @@ async def batch(
                 "status": str(error.status),
                 "outcome": outcomes.outcome(error.issues),
             }
+        except (SQLAlchemyError, psycopg.Error, OSError):
+            raise  # the database: errors.py answers it (503 when it is away)
+        except Exception:  # noqa: BLE001 - a bug in one entry: the others' answers still count
+            log.exception("batch entry %s %s failed", entry.method, entry.resource_type)
+            issue = Issue("exception", "Internal server error")
+            entry.response = {"status": "500", "outcome": outcomes.outcome([issue])}
         full_url = (
             f"{base}/{entry.resource_type}/{entry.resource_id}" if entry.resource_id else None
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from fastapi import Request
@@ -33,14 +33,19 @@ def _since(request: Request) -> datetime | None:
         raise outcomes.bad_request(
             "_since needs a time zone, as an instant does", expression="_since"
         )
-    return moment
+    try:
+        return moment.astimezone(UTC)  # the stored times are UTC (SQLite compares their text)
+    except OverflowError:
+        raise outcomes.bad_request(
+            f"_since {value!r} is no UTC instant", expression="_since"
+        ) from None
 
 
 def _int_param(request: Request, name: str, default: int, *, maximum: int) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise outcomes.bad_request(f"{name} must be a whole number, not {value!r}", expression=name)
     return min(int(value), maximum)
 

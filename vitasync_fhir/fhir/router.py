@@ -6,7 +6,7 @@ Routes here only translate HTTP to `service.Resources` calls and back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import quote
 
@@ -65,6 +65,8 @@ def _not_modified(request: Request, version: Version) -> bool:
             moment: datetime = parsedate_to_datetime(since)
         except (TypeError, ValueError):
             return False
+        if moment.tzinfo is None:  # "-0000": a time in UTC whose source zone is unknown
+            moment = moment.replace(tzinfo=UTC)
         return version.last_updated.replace(microsecond=0) <= moment
     return False
 

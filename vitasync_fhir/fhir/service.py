@@ -130,6 +130,24 @@ def _same_content(stored: str | None, new: dict) -> bool:
     return old == {k: v for k, v in new.items()}
 
 
+def apply_patch(content: str, operations: list) -> dict:
+    """A stored resource with JSON Patch operations applied; 422 when they cannot be, or when
+    what they leave is no JSON object. Only for a caller who may see the resource: a failing
+    `test` operation quotes what it compared."""
+    try:
+        patched = jsonpatch.apply_patch(orjson.loads(content), operations)
+    except (
+        jsonpatch.JsonPatchException,
+        jsonpatch.JsonPointerException,
+        TypeError,
+        ValueError,
+    ) as error:
+        raise FhirError(422, "processing", f"The patch cannot be applied: {error}") from None
+    if not isinstance(patched, dict):
+        raise FhirError(422, "processing", "A patch must leave a resource (a JSON object)")
+    return patched
+
+
 class Resources:
     """Create, read, update, patch and delete resources on one session, as `access` allows."""
 
@@ -185,9 +203,11 @@ class Resources:
     async def vread(self, resource_type: str, resource_id: str, version_id: str) -> Version:
         check_type(resource_type)
         await self.access.require(resource_type, "vread", resource_id=resource_id)
-        if not version_id.isdigit():
+        if not (version_id.isascii() and version_id.isdigit()):
             raise outcomes.not_found(f"{resource_type}/{resource_id} has no version {version_id!r}")
         unknown = f"{resource_type}/{resource_id} has no version {version_id}"
+        if int(version_id) > 2**31 - 1:  # past any version a database integer holds
+            raise outcomes.not_found(unknown)
         found = await self.store.version(resource_type, resource_id, int(version_id))
         if found is None:
             raise outcomes.not_found(unknown)
@@ -337,16 +357,8 @@ class Resources:
         expected = parse_etag(if_match) if if_match else None
         _check_precondition(current, expected, resource_type, resource_id)
         assert current.content is not None
-        try:
-            patched = jsonpatch.apply_patch(orjson.loads(current.content), operations)
-        except (
-            jsonpatch.JsonPatchException,
-            jsonpatch.JsonPointerException,
-            TypeError,
-            ValueError,
-        ) as error:
-            raise FhirError(422, "processing", f"The patch cannot be applied: {error}") from None
-        if not isinstance(patched, dict) or patched.get("id") != resource_id:
+        patched = apply_patch(current.content, operations)
+        if patched.get("id") != resource_id:
             raise FhirError(422, "processing", "A patch may not change the resource's id or type")
         return await self.update(
             resource_type, resource_id, patched, if_match=if_match or current.etag

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.tables import users
 from vitasync_fhir.fhir.tables import resources
-from vitasync_fhir.notify.outbox import enqueue
+from vitasync_fhir.notify.outbox import address_of, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,9 @@ async def enqueue_appointment_email(
     found = await _resources(session, keys)
     patient = found.get(("Patient", patient_id))
     doctor = found.get(("Practitioner", doctor_id)) if doctor_id else None
-    to = await _account_email(session, patient_id) or telecom(patient, "email")
-    if not to:
-        log.info("Patient/%s has no e-mail address: no %s", patient_id, kind)
+    to = address_of(await _account_email(session, patient_id) or telecom(patient, "email") or "")
+    if not to:  # none, or a telecom value no server would take
+        log.info("Patient/%s has no usable e-mail address: no %s", patient_id, kind)
         return False
     context: dict = {
         "appointment_id": appointment["id"],

@@ -53,9 +53,23 @@ def _settings_of(session: AsyncSession, settings: Settings | None) -> Settings |
     return found if isinstance(found, Settings) else None
 
 
+def address_of(text: str) -> str | None:
+    """`text` as one plain e-mail address an SMTP server takes, or None when it is not one."""
+    try:
+        address = Address(addr_spec=text.strip())  # raises on anything but one plain address
+    except Exception:  # noqa: BLE001 - the stdlib parser raises defects, ValueError, IndexError
+        return None
+    spec = address.addr_spec
+    if not spec.isascii() or "@" not in spec or not address.domain:
+        return None
+    return spec
+
+
 def _check_recipient(to: str) -> str:
-    address = Address(addr_spec=to.strip())  # raises on anything but one plain address
-    return address.addr_spec
+    address = address_of(to)
+    if address is None:
+        raise ValueError(f"{to!r} is not an e-mail address")
+    return address
 
 
 async def enqueue(

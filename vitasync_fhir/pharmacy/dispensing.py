@@ -151,6 +151,10 @@ def _check_validity(allowance: Allowance, prescription_id: str) -> None:
 
 def _check_quantity(allowance: Allowance, dispense: dict, prescription_id: str) -> None:
     value = (dispense.get("quantity") or {}).get("value")
+    if isinstance(value, int | float) and value <= 0:  # a fill hands something out
+        _refuse(
+            f"A fill of MedicationRequest/{prescription_id} dispenses more than 0, not {value:g}"
+        )
     if allowance.quantity is None or not isinstance(value, int | float):
         return
     if value > allowance.quantity:

@@ -61,9 +61,11 @@ def _one(pairs: list[tuple[str, str]], name: str) -> str | None:
 def parse_since(raw: str, name: str = "_since") -> datetime:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # year 1 at +14:00 or 9999 at -14:00 is no UTC instant
+    except (ValueError, OverflowError):
         raise bad_request(f"Parameter {name}: {raw!r} is not an instant", expression=name) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def parse_types(raw: str | None, allowed: tuple[str, ...], name: str = "_type") -> tuple[str, ...]:
@@ -79,7 +81,7 @@ def parse_types(raw: str | None, allowed: tuple[str, ...], name: str = "_type") 
 def _count(raw: str | None, settings: Settings) -> int:
     if raw is None:
         return settings.default_page_size
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         text = f"Parameter _count: {raw!r} is not a positive integer"
         raise bad_request(text, expression="_count")
     return min(int(raw), settings.max_page_size)

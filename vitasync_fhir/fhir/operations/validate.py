@@ -30,7 +30,10 @@ BASE_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 def _parameters(body: dict) -> tuple[object, str | None, str | None]:
     """(resource, mode, profile) of a Parameters body."""
     resource, mode, profile = None, None, None
-    for parameter in body.get("parameter") or []:
+    parameters = body.get("parameter") or []
+    if not isinstance(parameters, list):
+        raise bad_request("Parameters.parameter must be an array", expression="parameter")
+    for parameter in parameters:
         if not isinstance(parameter, dict):
             raise bad_request("Parameters.parameter must hold objects")
         name = parameter.get("name")

@@ -32,7 +32,9 @@ def micros(moment: datetime) -> int:
 
 
 def from_micros(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=value)
+    """The moment of `value`, held within what a datetime can be (year 1 to the end of 9999):
+    the bound just past 9999-12-31T23:59:59.999999 compares as that last microsecond."""
+    return EPOCH + timedelta(microseconds=min(max(value, MIN), MAX - 1))
 
 
 def parse_range(text: str) -> tuple[int, int] | None:

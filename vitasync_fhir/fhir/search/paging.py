@@ -54,7 +54,7 @@ def _read(value: Any, kind: str) -> Any:
     if kind == "instant":
         return datetime.fromisoformat(value)
     if kind == "int":
-        if not isinstance(value, int):
+        if not isinstance(value, int) or not -(2**63) <= value < 2**63:  # a database integer
             raise ValueError(value)
         return value
     if kind == "float":

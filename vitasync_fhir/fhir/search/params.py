@@ -232,7 +232,7 @@ def unescape(text: str) -> str:
 
 
 def _prefix(name: str, text: str) -> tuple[str, str]:
-    if len(text) > 2 and text[:2] in PREFIXES and (text[2].isdigit() or text[2] in "+-."):
+    if len(text) > 2 and text[:2] in PREFIXES and (text[2] in "0123456789+-."):
         return text[:2], text[2:]
     return "eq", text
 
@@ -403,6 +403,12 @@ def _parse_plain(
     name: str, param: SearchParam, modifier: str | None, raw: str, base: str
 ) -> Criterion:
     criterion = Criterion(name=name, param=param, modifier=modifier)
+    if modifier == "missing" and param.type not in _MODIFIERS:  # `near`, say: no index rows
+        raise Skip(
+            name,
+            f"Parameter {name}: :missing is not supported on {param.code}",
+            code="not-supported",
+        )
     if modifier == "missing":
         if raw not in ("true", "false"):
             raise Skip(name, f"Parameter {name}: :missing takes true or false, not {raw!r}")
@@ -502,7 +508,7 @@ def _parse_has(types: tuple[str, ...], name: str, raw: str, base: str, depth: in
 
 
 def _count(name: str, raw: str, maximum: int) -> int:
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise Skip(name, f"Parameter _count: {raw!r} is not a non-negative integer")
     return min(int(raw), maximum)
 

@@ -370,8 +370,15 @@ def value_clause(c: Criterion, v: Any, t: FromClause) -> ColumnElement[bool]:
     raise ValueError(kind)
 
 
-def _next_string(prefix: str) -> str:
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def _next_string(prefix: str) -> str | None:
+    """The least string after every string that starts with `prefix` (None: there is none)."""
+    stripped = prefix.rstrip("\U0010ffff")  # the last code point has no successor
+    if not stripped:
+        return None
+    following = ord(stripped[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: UTF-8 cannot hold them
+        following = 0xE000
+    return stripped[:-1] + chr(following)
 
 
 def prefix_clause(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -379,7 +386,8 @@ def prefix_clause(column: Any, prefix: str) -> ColumnElement[bool]:
     prefix = prefix[:TEXT_LENGTH]
     if not prefix:
         return column.is_not(None)
-    return and_(column >= prefix, column < _next_string(prefix))
+    after = _next_string(prefix)
+    return column >= prefix if after is None else and_(column >= prefix, column < after)
 
 
 def _like_escape(text: str) -> str:
