@@ -92,18 +92,19 @@ class Access:
         text `unknown`, which the caller gives when a missing resource would answer another."""
         if self.caller is None or content is None:
             return
-        if policy.may_touch(self.caller, resource_type, content, interaction) and await self._owned(
+        if self.may_see(resource_type, content, interaction) and await self._owned(
             resource_type, resource_id
         ):
             return
         await self.record_denial(resource_type, interaction, resource_id)
         raise FhirError(404, "not-found", unknown or f"{resource_type}/{resource_id} is not known")
 
-    def may_see_version(
-        self, resource_type: str, content: str | None, interaction: str = "history"
+    def may_see(
+        self, resource_type: str, content: str | dict | None, interaction: str = "history"
     ) -> bool:
-        """Whether one stored version is the caller's to see: a history lists each version
-        only to whom its own content is visible (a resource may have moved between patients)."""
+        """Whether the role policy lets the caller see this content, without auditing or
+        refusing: a history lists each version only to whom its own content is visible (a
+        resource may have moved between patients). Ownership is `require_visible`'s."""
         return (
             self.caller is None
             or content is None

@@ -126,7 +126,7 @@ async def _type_of(resources: Resources, resource_id: str) -> str:
     visible = [
         v.resource_type
         for v in currents
-        if v is not None and access.may_see_version(v.resource_type, v.content, "read")
+        if v is not None and access.may_see(v.resource_type, v.content, "read")
     ]
     if len(visible) > 1:  # ids are unique per type only; uuids never collide in practice
         raise FhirError(

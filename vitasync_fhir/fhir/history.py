@@ -109,9 +109,7 @@ async def page(
     # to whom its own content is visible. A caller who sees a patient's part of these types gets
     # no total: counting what is hidden from them would tell how much there is.
     limited = access.limited(types, "history")
-    shown = [
-        v for _, v in rows if not limited or access.may_see_version(v.resource_type, v.content)
-    ]
+    shown = [v for _, v in rows if not limited or access.may_see(v.resource_type, v.content)]
     total = None
     if request.query_params.get("_total") == "accurate" and not limited:
         total = await store.history_count(
