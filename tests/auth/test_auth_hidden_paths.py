@@ -197,3 +197,32 @@ def test_a_refused_export_is_audited(client, anonymous, signed_in):
     assert anonymous.get("/fhir/$export", headers=prefer).status_code == 403
     assert anonymous.get("/fhir/Patient/$export?_type=Group", headers=prefer).status_code == 403
     assert denials() == before + 2
+
+
+def test_a_patient_writes_nothing_into_another_patients_record(client, anonymous, signed_in):
+    own, other = _people(client)
+    me = {**signed_in(role="patient", patient_id=own), **FHIR_JSON}
+
+    def appointment(*patients: str) -> dict:
+        people = [{"actor": {"reference": f"Patient/{p}"}, "status": "accepted"} for p in patients]
+        return {"resourceType": "Appointment", "status": "proposed", "participant": people}
+
+    both = appointment(own, other)
+    assert anonymous.post("/fhir/Appointment", json=both, headers=me).status_code == 403
+    mine = anonymous.post("/fhir/Appointment", json=appointment(own), headers=me)
+    assert mine.status_code == 201, mine.text
+    rid = mine.json()["id"]
+    answer = anonymous.put(f"/fhir/Appointment/{rid}", json={**both, "id": rid}, headers=me)
+    assert answer.status_code == 403, answer.text
+    add = [{"op": "add", "path": "/participant/-", "value": both["participant"][1]}]
+    answer = anonymous.patch(f"/fhir/Appointment/{rid}", json=add, headers={**me, **JSON_PATCH})
+    assert answer.status_code == 403, answer.text
+    entry = {"resource": both, "request": {"method": "POST", "url": "Appointment"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    assert anonymous.post("/fhir", json=bundle, headers=me).status_code == 403
+    seen = client.get(f"/fhir/Appointment?patient={other}").json()
+    assert seen.get("total", len(seen.get("entry", []))) == 0, seen
+    assert client.get(f"/fhir/Appointment/{rid}").json()["meta"]["versionId"] == "1"
+    # reading a resource shared with another patient stays allowed
+    shared = create(client, both)["id"]
+    assert anonymous.get(f"/fhir/Appointment/{shared}", headers=me).status_code == 200

@@ -186,6 +186,8 @@ INTERACTIONS: dict[str, str] = {
     "patch": "u",
     "delete": "d",
 }
+# Interactions that store new content, checked against the content they store.
+CONTENT_WRITES = frozenset({"create", "update", "patch"})
 # Operations: the letters each needs on the type it runs on. An operation not listed needs all.
 OPERATIONS: dict[str, str] = {
     "$everything": "rs",
@@ -356,14 +358,21 @@ def may_see(caller: Caller, resource_type: str, resource: dict | str | bytes) ->
 def may_touch(
     caller: Caller, resource_type: str, resource: dict | str | bytes, interaction: str
 ) -> bool:
-    """Whether `caller` may perform `interaction` on this resource (for writes: its new content)."""
+    """Whether `caller` may perform `interaction` on this resource (for writes: its new content).
+
+    A caller limited to one patient reads what is in that patient's compartment, shared or not,
+    but writes only what is in no other patient's: an Appointment a patient books may not list
+    another patient, who would then see it, be e-mailed about it, and have it in their record."""
     decision = decide(caller, resource_type, interaction)
     if not decision.allowed:
         return False
     if decision.patient_id is None:
         return True
     data = orjson.loads(resource) if isinstance(resource, (str, bytes)) else resource
-    return decision.patient_id in patients_of(resource_type, data)
+    patients = patients_of(resource_type, data)
+    if interaction in CONTENT_WRITES:
+        return patients == {decision.patient_id}
+    return decision.patient_id in patients
 
 
 def patients_of(resource_type: str, resource: dict) -> set[str]:
