@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from vitasync_fhir.auth import policy
+from vitasync_fhir.fhir.search import registry
 from vitasync_fhir.mapping.spec import load_all
 
 MAPPINGS = load_all()
@@ -31,6 +32,32 @@ def test_unknown_ids_invalid_bodies_and_missing_tokens(client, anonymous, name):
         assert client.put(f"/api/{name}/no-such-id", json={}).status_code == 404
         assert client.delete(f"/api/{name}/no-such-id").status_code == 404
     assert anonymous.get(f"/api/{name}").status_code == 401
+
+
+# A value the search cannot read, by the type of the FHIR parameter behind a filter.
+BAD_FILTER_VALUES = {"date": "gege2020", "token": "a|b|c", "reference": "a/b/c", "string": "a\x00"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in MAPPINGS.items() if m.listing.filters))
+def test_bad_filter_values_name_the_api_parameter_and_the_value_sent(client, name):  # type: ignore[no-untyped-def]
+    listing, fhir_type = MAPPINGS[name].listing, MAPPINGS[name].resource
+    filters = {f: registry.param(fhir_type, p).type for f, p in listing.filters.items()}  # type: ignore[union-attr]
+    filters.update(dict.fromkeys(("from", "to"), "date"))
+    kinds = MAPPINGS[name].kinds
+    for filter_name, kind in filters.items():
+        if kinds and filter_name == kinds.field:
+            continue  # a name from the kinds table, checked by name
+        value = BAD_FILTER_VALUES[kind]
+        answer = client.get(f"/api/{name}", params={filter_name: value})
+        assert answer.status_code == 400, (filter_name, answer.text)
+        body = answer.json()
+        assert body["error"] == "bad_request" and len(body["detail"]) == 1, body
+        assert body["detail"][0]["field"] == filter_name, body
+        message = body["detail"][0]["message"]
+        if kind == "string":
+            assert message == f"{filter_name} cannot contain NUL characters", body
+        else:
+            assert message.startswith(f"{filter_name}: {value!r} is not "), body
 
 
 def sample(client: TestClient, name: str, patient_id: str, doctor_id: str) -> dict:

@@ -84,6 +84,26 @@ def test_lists_filter_sort_and_page(client):
     assert client.get("/api/patients?per_page=1000").status_code == 400
 
 
+def test_list_filter_errors_speak_in_api_terms(client):
+    late = client.get("/api/appointments", params={"from": "gege2020"})
+    assert late.status_code == 400
+    assert late.json() == {
+        "error": "bad_request",
+        "detail": [
+            {
+                "field": "from",
+                "message": "from: 'gege2020' is not a date like 2024-05-01, "
+                "or a date and time like 2024-05-01T09:30:00Z",
+            }
+        ],
+    }
+    mrn = client.get("/api/patients", params={"mrn": "|"})
+    assert mrn.status_code == 400
+    assert mrn.json()["detail"] == [
+        {"field": "mrn", "message": "mrn: '|' is not a code, or system|code"}
+    ]
+
+
 def test_prescription_fill_records_a_dispense_once(client, signed_in):
     pid = make_patient(client)["id"]
     made = client.post(

@@ -242,6 +242,45 @@ def test_conditional_references_and_creates_resolve_inside_the_transaction(clien
     assert client.post("/fhir", json=missing, headers=FHIR_JSON).status_code == 400
 
 
+@pytest.mark.parametrize("reference", ["?identifier=urn:test:mrn|TX-1", "Nonsense?identifier=x"])
+def test_a_conditional_reference_without_a_resource_type_is_400(client, reference):
+    pid = create(client, patient(identifier="TX-1"))["id"]
+    obs = observation(patient_ref=reference)
+    put = {
+        "resource": {**obs, "id": "typeless"},
+        "request": {"method": "PUT", "url": "Observation/typeless"},
+    }
+    for entry in (post(obs), put):
+        answer = client.post("/fhir", json=tx(entry), headers=FHIR_JSON)
+        assert answer.status_code == 400, answer.text
+        (issue,) = answer.json()["issue"]
+        assert issue["code"] == "invalid"
+        assert "needs a resource type: Type?criteria" in issue["diagnostics"]
+        assert repr(reference) in issue["diagnostics"]
+    batch = client.post("/fhir", json=tx(post(obs), put, kind="batch"), headers=FHIR_JSON)
+    assert batch.status_code == 200
+    for entry in batch.json()["entry"]:
+        assert entry["response"]["status"] == "400"
+        (issue,) = entry["response"]["outcome"]["issue"]
+        assert issue["code"] == "invalid" and "Type?criteria" in issue["diagnostics"]
+    assert client.get("/fhir/Observation").json().get("total", 0) == 0
+    # Outside a Bundle no reference is resolved: the validator refuses it as it refuses any
+    # reference that is not Type/id.
+    made = create(client, observation(patient_ref=f"Patient/{pid}"))
+    patch = [{"op": "replace", "path": "/subject/reference", "value": reference}]
+    for answer in (
+        client.post("/fhir/Observation", json=obs, headers=FHIR_JSON),
+        client.put("/fhir/Observation/typeless", json={**obs, "id": "typeless"}, headers=FHIR_JSON),
+        client.patch(
+            f"/fhir/Observation/{made['id']}",
+            json=patch,
+            headers={"Content-Type": "application/json-patch+json"},
+        ),
+    ):
+        assert answer.status_code == 422, answer.text
+        assert [i["code"] for i in answer.json()["issue"]] == ["value"]
+
+
 def test_a_conditional_delete_in_a_transaction_is_seen_by_its_conditional_create(client):
     old = create(client, patient(identifier="SEEN-1"))["id"]
     bundle = tx(

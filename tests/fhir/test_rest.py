@@ -410,6 +410,18 @@ def test_conditional_create(client):
     assert bad.status_code == 400
 
 
+def test_a_condition_with_an_iterated_include_is_400(client):
+    condition = "identifier=urn:test:mrn|C-2&_include:iterate=Patient:link"
+    answer = client.post(
+        "/fhir/Patient",
+        json=patient(identifier="C-2"),
+        headers={**FHIR_JSON, "If-None-Exist": condition},
+    )
+    assert answer.status_code == 400, answer.text
+    (issue,) = answer.json()["issue"]
+    assert issue["code"] == "invalid" and issue["expression"] == ["_include:iterate"]
+
+
 def test_conditional_update(client):
     created = client.put(
         "/fhir/Patient?identifier=urn:test:mrn|U-1",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
+from vitasync_fhir.fhir.search.params import lookup, parse_query
 from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import Resources, Saved
 from vitasync_fhir.fhir.store import Version
@@ -21,6 +22,15 @@ from vitasync_fhir.mapping.spec import Mapping
 MAX_PER_PAGE = 100
 LIST_PARAMS = {"page", "per_page", "sort", "from", "to"}
 MAX_NUMBER = 1_000_000_000  # a page past this would ask the database for an offset it cannot hold
+# What an /api filter value looks like, by the type of the FHIR search parameter behind it.
+FILTER_VALUES = {
+    "date": "a date like 2024-05-01, or a date and time like 2024-05-01T09:30:00Z",
+    "token": "a code, or system|code",
+    "reference": "an id",
+    "string": "text",
+    "number": "a number",
+    "quantity": "a number",
+}
 
 
 def invalid(errors: InvalidInput) -> FhirError:
@@ -83,7 +93,8 @@ class ApiResources:
             )
         for name, value in query.items():
             if name in listing.filters:
-                pairs.append((listing.filters[name], self._filter_value(name, value)))
+                fhir = (listing.filters[name], self._filter_value(name, value))
+                pairs.append(self._checked(name, value, fhir))
         for name, prefix in (("from", "ge"), ("to", "le")):
             if name in query:
                 if not listing.date:
@@ -93,7 +104,8 @@ class ApiResources:
                         f"{self.mapping.name} has no date to filter",
                         expression=name,
                     )
-                pairs.append((listing.date, f"{prefix}{query[name]}"))
+                fhir = (listing.date, f"{prefix}{query[name]}")
+                pairs.append(self._checked(name, query[name], fhir))
         sort = query.get("sort")
         if sort:
             keys = []
@@ -109,6 +121,20 @@ class ApiResources:
                 keys.append(("-" if key.startswith("-") else "") + listing.sort[field])
             pairs.append(("_sort", ",".join(keys)))
         return pairs
+
+    def _checked(self, name: str, sent: str, fhir: tuple[str, str]) -> tuple[str, str]:
+        """The FHIR pair of one /api filter, read as the search will read it; a problem names
+        the /api parameter and the value as sent, not the FHIR pair they became."""
+        try:
+            parse_query((self.fhir_type,), [fhir], base=self.settings.fhir_base, max_count=1)
+        except FhirError:
+            if "\x00" in sent:
+                message = f"{name} cannot contain NUL characters"
+            else:
+                expected = FILTER_VALUES.get(_param_type(self.fhir_type, fhir[0]), "a valid value")
+                message = f"{name}: {sent!r} is not {expected}"
+            raise FhirError(400, "invalid", message, expression=name) from None
+        return fhir
 
     def _filter_value(self, name: str, value: str) -> str:
         kinds = self.mapping.kinds
@@ -165,6 +191,11 @@ class ApiResources:
         await self.access.require(self.fhir_type, "delete", resource_id=resource_id)
         await self.current(resource_id)
         await self.resources.delete(self.fhir_type, resource_id)
+
+
+def _param_type(resource_type: str, code: str) -> str | None:
+    param = lookup((resource_type,), code)
+    return param.type if param else None
 
 
 def _positive(query: dict[str, str], name: str, default: int) -> int:

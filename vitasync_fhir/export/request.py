@@ -5,8 +5,9 @@ Levels: `system` ([base]/$export), `patient` (Patient/$export: every patient's c
 patient levels leave out AuditEvents unless `_type` names them. Supported:
 `_outputFormat` (application/fhir+ndjson, application/ndjson, ndjson), `_type`, `_since` and
 `_typeFilter` (`Type?search`, run through the search engine; several filters on one type are
-OR'ed). Anything else is a 400, unless the client sent `Prefer: handling=lenient`: then it is
-ignored and reported in the manifest's error[] file.
+OR'ed; a filter the search cannot run is refused here, never left to fail in the job). Anything
+else is a 400, unless the client sent `Prefer: handling=lenient`: then it is ignored and reported
+in the manifest's error[] file (an ignored filter exports its type unfiltered by it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.operations.everything import parse_since, record_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, bad_request
-from vitasync_fhir.fhir.search.params import RESULT_PARAMS, parse_query
+from vitasync_fhir.fhir.search.params import Query, parse_query, shapes_result
 from vitasync_fhir.fhir.search.registry import compartment_types
 from vitasync_fhir.fhir.service import instant
 
@@ -49,9 +50,11 @@ class ExportRequest:
         }
 
 
-def _problem(lenient: bool, warnings: list[str], text: str, name: str) -> None:
+def _problem(
+    lenient: bool, warnings: list[str], text: str, name: str, *, code: str = "invalid"
+) -> None:
     if not lenient:
-        raise bad_request(text, expression=name)
+        raise FhirError(400, code, text, expression=name)
     warnings.append(text)
 
 
@@ -106,6 +109,21 @@ def _types(
     return chosen
 
 
+def filter_query(resource_type: str, query: str, *, base: str) -> Query:
+    """The search of one `_typeFilter`, read as the search reads it; the kick-off checks every
+    filter with this and the job runs what it returns, so a filter accepted is a filter that runs.
+    400 for a parameter that does not select resources, and for a filter without criteria (it
+    would select every resource of its type, and OR'ed with others make them void)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    extra = [n for n, _ in pairs if shapes_result(n)]
+    if extra:
+        raise bad_request(f"{extra[0]} does not select resources", expression=extra[0])
+    q = parse_query((resource_type,), pairs, base=base, max_count=1)
+    if not q.criteria:
+        raise bad_request("the filter has no search criteria")
+    return q
+
+
 def _add_filter(request: ExportRequest, text: str, *, lenient: bool, base: str) -> None:
     resource_type, mark, query = text.partition("?")
     if not mark or resource_type not in resource_types():
@@ -114,17 +132,11 @@ def _add_filter(request: ExportRequest, text: str, *, lenient: bool, base: str) 
         text = f"_typeFilter {text!r}: {resource_type} resources are not exported"
         _problem(lenient, request.warnings, text, "_typeFilter")
         return
-    pairs = parse_qsl(query, keep_blank_values=True)
-    extra = [n for n, _ in pairs if n in RESULT_PARAMS and n not in IGNORED]
-    if extra:
-        raise bad_request(
-            f"_typeFilter {text!r}: {extra[0]} does not select resources", expression="_typeFilter"
-        )
     try:
-        parse_query((resource_type,), pairs, base=base, max_count=1)
+        filter_query(resource_type, query, base=base)
     except FhirError as error:
         issue: Issue = error.issues[0]
-        raise bad_request(
-            f"_typeFilter {text!r}: {issue.diagnostics}", expression="_typeFilter"
-        ) from None
+        text = f"_typeFilter {text!r}: {issue.diagnostics}"
+        _problem(lenient, request.warnings, text, "_typeFilter", code=issue.code)
+        return
     request.type_filters.setdefault(resource_type, []).append(query)

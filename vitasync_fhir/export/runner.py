@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import and_, exists, or_, select, update
@@ -28,6 +27,7 @@ from sqlalchemy.sql import ColumnElement, FromClause
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database
+from vitasync_fhir.export.request import filter_query
 from vitasync_fhir.export.service import (
     _aware,
     caller_from,
@@ -39,7 +39,6 @@ from vitasync_fhir.export.service import (
 from vitasync_fhir.export.tables import COMPLETE, FAILED, QUEUED, RUNNING, export_jobs
 from vitasync_fhir.fhir.operations.everything import parse_since
 from vitasync_fhir.fhir.search import query
-from vitasync_fhir.fhir.search.params import parse_query
 from vitasync_fhir.fhir.search.tables import resource_compartments
 from vitasync_fhir.fhir.tables import resources
 
@@ -254,9 +253,7 @@ def _where(  # noqa: PLR0913 - one export's selection really has these parts
     if filters:
         alternatives = []
         for text in filters:
-            q = parse_query(
-                types, parse_qsl(text, keep_blank_values=True), base=settings.fhir_base, max_count=1
-            )
+            q = filter_query(resource_type, text, base=settings.fhir_base)
             alternatives.append(and_(*query.where_clauses(q.criteria, r, types, restrict=restrict)))
         clauses.append(or_(*alternatives))
     if cohort is not None:

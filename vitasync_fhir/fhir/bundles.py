@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vitasync_fhir.auth.access import SYSTEM, Access
 from vitasync_fhir.db import Database, unit_of_work
 from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir.models import is_resource_type
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
 from vitasync_fhir.fhir.search.service import match_ids
@@ -73,6 +74,18 @@ def _fail(entry_index: int, error: FhirError) -> FhirError:
         for i in error.issues
     ]
     return FhirError(error.status, issues[0].code, issues[0].diagnostics, issues=issues)
+
+
+def _conditional_reference(reference: str) -> tuple[str, str]:
+    """(type, criteria) of a conditional reference `Type?criteria`; 400 without a known type."""
+    resource_type, _, query = reference.partition("?")
+    if not is_resource_type(resource_type):
+        named = f"{resource_type!r} is not a resource type" if resource_type else "no type"
+        raise outcomes.bad_request(
+            f"Conditional reference {reference!r} names {named}; "
+            "a conditional reference needs a resource type: Type?criteria"
+        )
+    return resource_type, query
 
 
 def _parse_url(url: str, base: str) -> tuple[str, str | None, str | None, str | None]:
@@ -361,8 +374,7 @@ class Transaction:
             raise outcomes.bad_request(f"Reference {reference!r} names no entry of this Bundle")
         if "?" in reference and not reference.startswith(("#", "http://", "https://")):
             if reference not in self.conditional_refs:
-                resource_type, _, query = reference.partition("?")
-                check_type(resource_type)
+                resource_type, query = _conditional_reference(reference)
                 access = self.resources.access
                 await access.require(resource_type, "search")
                 ids = await match_ids(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from factories import create
@@ -163,6 +164,78 @@ def test_kickoff_errors(client: TestClient, anonymous: TestClient, worker: None)
     assert [e["type"] for e in manifest["error"]] == ["OperationOutcome"]
     outcome = download(client, manifest["error"][0]["url"])
     assert "_elements" in outcome[0] and '"severity":"warning"' in outcome[0]
+
+
+# Each of these would be accepted and then fail, or be dropped, inside the job: a 400 up front.
+REFUSED_TYPE_FILTERS = [
+    ("Observation?nope=1", "not-supported"),  # unknown parameter
+    ("Observation?date=yesterday", "invalid"),  # a value its type cannot read
+    ("Observation?subject:Patient.nope=x", "not-supported"),  # a chain to an unknown parameter
+    ("Patient?_has:Observation:nope:code=x", "invalid"),
+    ("Observation?_count=1", "invalid"),  # result parameters select nothing
+    ("Observation?_sort=date", "invalid"),
+    ("Observation?_include=Observation:subject", "invalid"),
+    ("Observation?_include:iterate=Observation:subject", "invalid"),
+    ("Observation?_revinclude:iterate=Provenance:target", "invalid"),
+    ("Observation?", "invalid"),  # no criteria: every Observation, and the other filters void
+    ("Observation?code=", "invalid"),
+    ("Observation?_format=json", "invalid"),
+    ("Encounter?status=finished", "invalid"),  # a type that is not exported
+    ("Observation?=x", "not-supported"),
+]
+
+
+def test_type_filters_are_checked_at_kickoff_and_what_passes_runs(
+    client: TestClient, worker: None
+) -> None:
+    people = populate(client, patients=2)
+    for text, code in REFUSED_TYPE_FILTERS:
+        answer = client.get(
+            "/fhir/$export",
+            params={"_type": "Observation,Patient", "_typeFilter": text},
+            headers=ASYNC,
+        )
+        assert answer.status_code == 400, (text, answer.text)
+        (issue,) = answer.json()["issue"]
+        assert (issue["code"], issue["expression"]) == (code, ["_typeFilter"]), text
+        assert repr(text) in issue["diagnostics"], text
+    accepted = [
+        "Observation?subject:Patient.family=Family0",
+        f"Patient?_has:Observation:patient:code={SYSTOLIC}&_pretty=true",
+        "Observation?code:missing=true",
+        "Observation?code:not=nothing&_lastUpdated=gt2000-01-01&value-quantity=ap1e300",
+    ]
+    answer = client.get(
+        "/fhir/$export",
+        params={"_type": "Observation,Patient", "_typeFilter": ",".join(accepted)},
+        headers=ASYNC,
+    )
+    assert answer.status_code == 202, answer.text
+    manifest = wait_manifest(client, answer.headers["Content-Location"])
+    assert manifest["error"] == []
+    first = {k for k in people.records[people.patients[0]] if k[0] == "Observation"}
+    assert keys(exported(client, manifest)) == {*first, *(("Patient", p) for p in people.patients)}
+
+
+def test_lenient_handling_ignores_unsupported_type_filters_with_a_warning(
+    client: TestClient, worker: None
+) -> None:
+    people = populate(client, patients=2)
+    filters = (
+        f"Patient?nope=1,Patient?_id={people.patients[0]},Patient?_include:iterate=Patient:link"
+    )
+    status = kick_off(
+        client,
+        f"/fhir/$export?_type=Patient&_typeFilter={quote(filters)}",
+        Prefer="respond-async, handling=lenient",
+    )
+    manifest = wait_manifest(client, status)
+    assert keys(exported(client, manifest)) == {("Patient", people.patients[0])}
+    (error,) = manifest["error"]
+    warnings = download(client, error["url"])
+    assert len(warnings) == 2
+    assert all('"severity":"warning"' in line for line in warnings)
+    assert "nope" in warnings[0] and "_include:iterate" in warnings[1]
 
 
 def test_role_policy_limits_the_export(

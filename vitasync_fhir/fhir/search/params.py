@@ -42,6 +42,16 @@ RESULT_PARAMS = frozenset(
         "_type",
     }
 )
+
+
+def shapes_result(name: str) -> bool:
+    """Whether a parameter shapes the result (paging, includes, summaries) instead of selecting
+    resources: `_include:iterate` as much as `_include`. `_format` and `_pretty` shape only the
+    HTTP answer: every search ignores them."""
+    base = name.partition(":")[0]
+    return base in RESULT_PARAMS and base not in ("_format", "_pretty")
+
+
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"not", "text", "of-type", "missing"},

@@ -20,7 +20,7 @@ from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome
 from vitasync_fhir.fhir.responses import bundle, bundle_entry, dumps
 from vitasync_fhir.fhir.search import paging, query
-from vitasync_fhir.fhir.search.params import RESULT_PARAMS, Query, parse_query
+from vitasync_fhir.fhir.search.params import Query, parse_query, shapes_result
 from vitasync_fhir.fhir.search.query import Restrict
 from vitasync_fhir.fhir.search.summary import trim
 
@@ -197,9 +197,7 @@ async def match_ids(
     conditional references). Strict: any unknown or malformed parameter is a 400."""
     check_type(resource_type)
     pairs = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
-    extras = [
-        name for name, _ in pairs if name in RESULT_PARAMS and name not in ("_format", "_pretty")
-    ]
+    extras = [name for name, _ in pairs if shapes_result(name)]
     if extras:
         raise FhirError(
             400,
