@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zxingcpp
 from documents_helpers import medication_request
+from factories import create
 from fastapi.testclient import TestClient
 from PIL import Image
 from pypdf import PdfReader
@@ -252,6 +253,67 @@ def test_filename_is_safe(
     assert answer.status_code == 200
     name = re.search(r'filename="([^"]+)"', answer.headers["content-disposition"]).group(1)
     assert name == f"prescription-degard-quote-x-2026-11-27-{prescription['id'][:8]}.pdf"
+
+
+@pytest.mark.parametrize(("authored", "day"), [("2024", "2024"), ("2024-05", "2024-05")])
+def test_a_partial_authored_on_date_prints(
+    anonymous: TestClient, client: TestClient, signed_in, prescription: dict, authored, day
+) -> None:  # type: ignore[no-untyped-def]
+    # FHIR dateTime allows a year or a year and month: outside systems send them.
+    rx = medication_request(
+        patient_id=prescription["patient"], practitioner_id=prescription["practitioner"]
+    )
+    rid = create(client, {**rx, "authoredOn": authored})["id"]
+    nurse = signed_in(role="nurse")
+    for path in (f"/api/prescriptions/{rid}/pdf", f"/fhir/MedicationRequest/{rid}/$print"):
+        answer = anonymous.get(path, headers=nurse)
+        assert answer.status_code == 200, answer.text
+        name = re.search(r'filename="([^"]+)"', answer.headers["content-disposition"]).group(1)
+        assert name == f"prescription-lindqvist-{day}-{rid[:8]}.pdf"
+        assert authored in text_of(answer.content)
+
+
+def test_a_contained_medication_and_prescriber_are_printed(
+    anonymous: TestClient, client: TestClient, signed_in, prescription: dict
+) -> None:  # type: ignore[no-untyped-def]
+    rx = medication_request(
+        patient_id=prescription["patient"], practitioner_id=prescription["practitioner"]
+    )
+    del rx["medicationCodeableConcept"]
+    rx |= {
+        "contained": [
+            {"resourceType": "Medication", "id": "drug", "code": {"text": "Contained 5 mg tablet"}},
+            {"resourceType": "Practitioner", "id": "doc", "name": [{"text": "Dr. Inside Bundle"}]},
+            {"resourceType": "Medication", "id": "other", "code": {"text": "Not this one"}},
+        ],
+        "medicationReference": {"reference": "#drug"},
+        "requester": {"reference": "#doc"},
+    }
+    rid = create(client, rx)["id"]
+    answer = anonymous.get(f"/print_prescription/{rid}", headers=signed_in(role="pharmacist"))
+    assert answer.status_code == 200, answer.text
+    text = text_of(answer.content)
+    assert "Contained 5 mg tablet" in text and "Dr. Inside Bundle" in text
+    assert "Not this one" not in text
+
+
+def test_long_text_from_outside_systems_is_printed_shortened(
+    anonymous: TestClient, client: TestClient, signed_in, prescription: dict
+) -> None:  # type: ignore[no-untyped-def]
+    # Unbounded, a megabyte of words held the renderer for minutes.
+    rx = medication_request(
+        patient_id=prescription["patient"], practitioner_id=prescription["practitioner"]
+    )
+    rx["note"] = [{"text": "start " + "word " * 5000 + "TAILEND"}]
+    rx["dosageInstruction"] = [{"text": f"dose line {n}"} for n in range(30)]
+    rid = create(client, rx)["id"]
+    answer = anonymous.get(f"/print_prescription/{rid}", headers=signed_in(role="doctor"))
+    assert answer.status_code == 200, answer.text
+    text = text_of(answer.content)
+    assert "start word" in text and "TAILEND" not in text
+    assert "(shortened; the full text is in the record)" in text
+    assert "dose line 19" in text and "dose line 20" not in text
+    assert "10 more dosage instructions are in the record" in text
 
 
 def test_a_logo_and_colours_are_printed(

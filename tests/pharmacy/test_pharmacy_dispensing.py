@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from factories import FHIR_JSON, create
 from pharmacy_helpers import dispense, new_patient, prescription, put
+from support import auth_headers
+
+from vitasync_fhir.auth import tokens
 
 
 def _fill_fhir(client, rx_id: str, pid: str, **extra):  # type: ignore[no-untyped-def]
@@ -122,3 +125,54 @@ def test_a_fill_of_nothing_or_less_uses_no_repeat(client):
     assert _dispenses(client, rx["id"]) == []
     filled = client.post(f"/api/prescriptions/{rx['id']}/fill", json={"quantity": 21})
     assert filled.status_code == 200, filled.text
+
+
+def test_a_patient_limited_token_cannot_fill_or_probe_another_patients_prescription(
+    client, settings
+):  # type: ignore[no-untyped-def]
+    mine, other = new_patient(client), new_patient(client)
+    hidden = create(client, prescription(patient_id=other, repeats=0, quantity=21))
+    account = auth_headers(settings, role="pharmacist")
+    claims = tokens.decode_access_token(settings, account["Authorization"].split()[1])
+    limited = tokens.issue_access_token(
+        settings,
+        subject=claims["sub"],
+        scope="patient/MedicationRequest.rs patient/MedicationDispense.cruds",
+        patient=mine,
+    )
+    headers = {**FHIR_JSON, "Authorization": f"Bearer {limited.token}"}
+    assert client.get(f"/fhir/MedicationRequest/{hidden['id']}", headers=headers).status_code == 404
+    unknown = client.post(
+        "/fhir/MedicationDispense",
+        json=dispense(request_id="no-such-rx", patient_id=mine),
+        headers=headers,
+    ).json()
+    # A dispense for their own patient, naming the hidden prescription: too much, then enough.
+    for quantity in (99, 1):
+        answer = client.post(
+            "/fhir/MedicationDispense",
+            json=dispense(request_id=hidden["id"], patient_id=mine, quantity=quantity),
+            headers=headers,
+        )
+        assert answer.status_code == 422, answer.text
+        issue = answer.json()["issue"][0]
+        assert issue["code"] == unknown["issue"][0]["code"] == "processing"
+        assert issue["diagnostics"] == unknown["issue"][0]["diagnostics"].replace(
+            "no-such-rx", hidden["id"]
+        )
+    assert _dispenses(client, hidden["id"]) == []
+    assert client.get(f"/fhir/MedicationRequest/{hidden['id']}").json()["status"] == "active"
+
+
+def test_a_fill_for_another_patient_is_refused(client):
+    pid, other = new_patient(client), new_patient(client)
+    rx = create(client, prescription(patient_id=pid, repeats=0, quantity=21))
+    wrong = _fill_fhir(client, rx["id"], other)
+    assert wrong.status_code == 422, wrong.text
+    assert wrong.json()["issue"][0]["expression"] == ["MedicationDispense.subject"]
+    assert _dispenses(client, rx["id"]) == []
+    assert client.get(f"/fhir/MedicationRequest/{rx['id']}").json()["status"] == "active"
+    absolute = dispense(request_id=rx["id"], patient_id=pid)
+    absolute["subject"] = {"reference": f"http://testserver/fhir/Patient/{pid}"}
+    right = client.post("/fhir/MedicationDispense", json=absolute, headers=FHIR_JSON)
+    assert right.status_code == 201, right.text

@@ -382,7 +382,7 @@ def patients_of(resource_type: str, resource: dict) -> set[str]:
         found.add(resource["id"])
     for path in compartment_paths().get(resource_type, ()):
         for value in _walk(resource, path.split(".")):
-            patient = _patient_id(value)
+            patient = patient_of(value)
             if patient:
                 found.add(patient)
     return found
@@ -391,7 +391,8 @@ def patients_of(resource_type: str, resource: dict) -> set[str]:
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
-def _patient_id(value: object) -> str | None:
+def patient_of(value: object) -> str | None:
+    """The patient id of a Reference to a Patient (relative or absolute), else None."""
     if not isinstance(value, dict):
         return None
     reference = value.get("reference")

@@ -1,8 +1,9 @@
 """The resources a prescription shows, read as the caller, and the values the template prints.
 
 Every read goes through `Resources` with the caller's Access: the role policy applies and each
-read is audited. A reference the caller may not follow, or that points nowhere, prints the
-reference's display text instead of failing the whole document.
+read is audited. A `#id` reference is to a resource contained in the prescription itself. A
+reference the caller may not follow, or that points nowhere, prints the reference's display text
+instead of failing the whole document.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 import orjson
 
@@ -18,6 +20,7 @@ from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.service import Resources
 
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
+_PARTIAL_DATE = re.compile(r"^[0-9]{4}(-[0-9]{2})?$")
 NPI = "http://hl7.org/fhir/sid/us-npi"
 
 
@@ -65,7 +68,10 @@ async def _follow(
 ) -> dict | None:
     if not isinstance(reference, dict):
         return None
-    match = _REFERENCE.match(str(reference.get("reference", "")))
+    target = str(reference.get("reference", ""))
+    if target.startswith("#"):  # inside the prescription itself, already read as the caller
+        return _contained(sources.request, target[1:], types)
+    match = _REFERENCE.match(target)
     if match is None or match.group(1) not in types:
         return None
     kind, rid = match.groups()
@@ -80,30 +86,66 @@ async def _follow(
     return orjson.loads(found.content or "{}")
 
 
+def _contained(request: dict, local_id: str, types: tuple[str, ...]) -> dict | None:
+    for resource in request.get("contained") or []:
+        if (
+            isinstance(resource, dict)
+            and resource.get("id") == local_id
+            and resource.get("resourceType") in types
+        ):
+            return resource
+    return None
+
+
 # -- what the template prints -------------------------------------------------------------------
+
+
+# A prescription is a page or two. Text written by outside systems is bounded before it is laid
+# out: a megabyte of words kept the one renderer process of a worker busy for minutes.
+MAX_TEXT = 1000  # characters of one printed value
+MAX_ROWS = 20  # dosage instructions, and notes
+SHORTENED = " … (shortened; the full text is in the record)"
 
 
 def context(sources: Sources) -> dict:
     request = sources.request
-    return {
-        "rx": _prescription(request, sources.medication),
-        "patient": _patient(sources.patient, request.get("subject")),
-        "prescriber": _prescriber(sources, request.get("requester")),
-    }
+    return _bounded(
+        {
+            "rx": _prescription(request, sources.medication),
+            "patient": _patient(sources.patient, request.get("subject")),
+            "prescriber": _prescriber(sources, request.get("requester")),
+        }
+    )
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + SHORTENED
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bounded(v) for v in value]
+    return value
 
 
 def _prescription(request: dict, medication: dict | None) -> dict:
     supply = request.get("dispenseRequest") or {}
     notes = [n["text"] for n in request.get("note", []) if n.get("text")]
+    dosages = request.get("dosageInstruction", [])
+    if len(dosages) > MAX_ROWS:
+        notes.insert(0, f"{len(dosages) - MAX_ROWS} more dosage instructions are in the record")
+    if len(notes) > MAX_ROWS:
+        notes[MAX_ROWS - 1 :] = [f"{len(notes) - MAX_ROWS + 1} more notes are in the record"]
     return {
         "id": request.get("id", ""),
         "number": request.get("id", "")[:8].upper(),
         "status": request.get("status", ""),
         "intent": request.get("intent", ""),
         "date": _date(request.get("authoredOn")),
+        "day": iso_day(request.get("authoredOn")),
         "medication": _medication(request, medication),
         "code": _code(request.get("medicationCodeableConcept") or (medication or {}).get("code")),
-        "dosages": [_dosage(d) for d in request.get("dosageInstruction", [])],
+        "dosages": [_dosage(d) for d in dosages[:MAX_ROWS]],
         "quantity": _quantity(supply.get("quantity")),
         "refills": supply.get("numberOfRepeatsAllowed"),
         "supply_duration": _quantity(supply.get("expectedSupplyDuration")),
@@ -280,14 +322,27 @@ def _substitution(substitution: object) -> str:
     return "permitted" if substitution["allowedBoolean"] else "not permitted"
 
 
-def _date(value: object) -> str:
+def _calendar_day(value: object) -> date | None:
     if not isinstance(value, str) or not value:
-        return ""
+        return None
     try:
         if len(value) == 10:
-            moment: date = date.fromisoformat(value)
-        else:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00")).date()
-    except ValueError:
-        return value
-    return f"{moment.day} {moment:%b %Y}"
+            return date.fromisoformat(value)
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+    except ValueError:  # a partial date (2024, 2024-05), which FHIR allows
+        return None
+
+
+def _date(value: object) -> str:
+    day = _calendar_day(value)
+    if day is None:
+        return value if isinstance(value, str) else ""
+    return f"{day.day} {day:%b %Y}"
+
+
+def iso_day(value: object) -> str:
+    """A FHIR date or dateTime as YYYY-MM-DD, or the year (and month) it gives; else ""."""
+    day = _calendar_day(value)
+    if day is not None:
+        return day.isoformat()
+    return value if isinstance(value, str) and _PARTIAL_DATE.match(value) else ""

@@ -137,18 +137,13 @@ async def _type_of(resources: Resources, resource_id: str) -> str:
 
 def _filename(values: dict) -> str:
     family = _slug(values["patient"].get("family") or "patient")
-    day = values["rx"]["date"] and _iso(values["rx"]["date"])
-    parts = ["prescription", family, day or "undated", values["rx"]["id"][:8]]
+    parts = ["prescription", family, values["rx"]["day"] or "undated", values["rx"]["id"][:8]]
     return "-".join(p for p in parts if p) + ".pdf"
 
 
 def _slug(text: str) -> str:
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")[:40] or "patient"
-
-
-def _iso(day: str) -> str:
-    return datetime.strptime(day, "%d %b %Y").date().isoformat()
 
 
 def _day(epoch: int) -> str:

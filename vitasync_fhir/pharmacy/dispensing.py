@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
+from vitasync_fhir.auth.policy import patient_of
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.search.dates import micros, period_range
 from vitasync_fhir.fhir.search.service import match_ids
@@ -107,13 +108,15 @@ async def _check_one(
 ) -> list[Write]:
     request_version = await resources.store.lock("MedicationRequest", prescription_id)
     if request_version is None or request_version.deleted or request_version.content is None:
-        raise FhirError(
-            422,
-            "processing",
-            f"authorizingPrescription MedicationRequest/{prescription_id} is not known",
-            expression="MedicationDispense.authorizingPrescription",
-        )
+        _unknown(prescription_id)
+    access = resources.access
+    if not access.may_see("MedicationRequest", request_version.content, "read"):
+        # Another patient's prescription (a patient-limited token): as unknown as a missing
+        # one, so that neither its status, its allowance nor its existence leaks, and untouched.
+        await access.record_denial("MedicationRequest", "read", prescription_id)
+        _unknown(prescription_id)
     request = orjson.loads(request_version.content)
+    _check_patient(request, write.resource or {}, prescription_id)
     status = request.get("status")
     if status != "active":
         word = "already filled" if status == FILLED else f"{status}, not active"
@@ -136,6 +139,31 @@ async def _check_one(
     if used + 1 < allowance.fills or _written_too(writes, prescription_id):
         return []
     return [_completed(resources, request_version, request)]
+
+
+def _unknown(prescription_id: str) -> NoReturn:
+    raise FhirError(
+        422,
+        "processing",
+        f"authorizingPrescription MedicationRequest/{prescription_id} is not known",
+        expression="MedicationDispense.authorizingPrescription",
+    )
+
+
+def _check_patient(request: dict, dispense: dict, prescription_id: str) -> None:
+    """422 when the dispense is for another patient than the prescription's: a fill of one
+    patient's prescription must not be handed to (and use up the fills for) someone else."""
+    prescribed, dispensed = (
+        patient_of(request.get("subject")),
+        patient_of(dispense.get("subject")),
+    )
+    if prescribed and dispensed and prescribed != dispensed:
+        raise FhirError(
+            422,
+            "processing",
+            f"MedicationRequest/{prescription_id} is for another patient than Patient/{dispensed}",
+            expression="MedicationDispense.subject",
+        )
 
 
 def _check_validity(allowance: Allowance, prescription_id: str) -> None:
