@@ -86,10 +86,20 @@ async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> 
     if procedure.get("status") in ("completed", "entered-in-error", "not-done", "stopped"):
         raise FhirError(409, "conflict", f"This procedure is already {procedure['status']}")
     procedure["status"] = "completed"
-    procedure["performedDateTime"] = body.get("performed_at") or _now()
+    when = body.get("performed_at") or _now()
+    if isinstance(procedure.get("performedPeriod"), dict):
+        # Started as a Period (in progress since its start): performing it ends the Period.
+        procedure["performedPeriod"].setdefault("end", when)
+    else:
+        for other in ("performedString", "performedAge", "performedRange"):
+            procedure.pop(other, None)
+        procedure["performedDateTime"] = when
     performer = _performer(api)
-    if performer:
-        procedure["performer"] = [{"actor": performer}]
+    performers = procedure.setdefault("performer", [])
+    if performer and all(p.get("actor") != performer for p in performers):
+        performers.append({"actor": performer})  # the others who took part stay
+    if not performers:
+        del procedure["performer"]
     await _save_or_conflict(
         api, resource_id, procedure, current, "This procedure was performed just now"
     )

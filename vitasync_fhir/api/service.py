@@ -95,6 +95,11 @@ class ApiResources:
             if name in listing.filters:
                 fhir = (listing.filters[name], self._filter_value(name, value))
                 pairs.append(self._checked(name, value, fhir))
+        kinds = self.mapping.kinds
+        if kinds and kinds.field not in query:
+            # Only what the kinds table names: a lab result or a survey is no vital sign.
+            every = ",".join(f"{k.system}|{k.code}" for k in kinds.values.values())
+            pairs.append((listing.filters.get(kinds.field, "code"), every))
         for name, prefix in (("from", "ge"), ("to", "le")):
             if name in query:
                 if not listing.date:

@@ -92,6 +92,16 @@ def single_valued(resource_type: str, path: str) -> bool:
     return True
 
 
+def choice_siblings(resource_type: str, name: str) -> tuple[str, ...]:
+    """The other elements of the choice that `name` (e.g. "effectiveDateTime") is one type of, in
+    `resource_type`: ("effectivePeriod", "effectiveTiming", ...); empty when it is no choice."""
+    current = _table().types.get(resource_type)
+    spec = current.elements.get(name) if current is not None else None
+    if current is None or spec is None or not spec.group:
+        return ()
+    return tuple(k for k, s in current.elements.items() if s.group == spec.group and k != name)
+
+
 # -- the R4 table -------------------------------------------------------------------------------
 
 

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from vitasync_fhir.fhir.validation import choice_siblings
 from vitasync_fhir.mapping import paths
-from vitasync_fhir.mapping.spec import FieldSpec, Kind, Mapping
+from vitasync_fhir.mapping.spec import Component, FieldSpec, Kind, Mapping, Unit
 
 ENGINE_FIELDS = ("id", "version", "last_updated")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -44,22 +45,64 @@ def from_fhir(mapping: Mapping, resource: dict) -> dict:
     if mapping.kinds:
         simple[mapping.kinds.field] = kind[0] if kind else None
     for name, spec in mapping.fields.items():
-        simple[name] = _read(spec, paths.get(resource, spec.steps))
+        simple[name] = _field(mapping, spec, resource)
     if kind:
         for name, component in kind[1].components.items():
-            simple[name] = _component_value(resource, component.code)
+            simple[name] = _component_value(resource, component)
     return simple
+
+
+def _field(mapping: Mapping, spec: FieldSpec, resource: dict) -> object:
+    """The /api value of one field, as `to_fhir` compares it to tell what a client changed."""
+    raw = paths.get(resource, spec.steps)
+    if spec.type == "quantity":
+        kind = _kind_of(mapping, resource)
+        return _in_unit(raw, spec.unit or (kind[1].unit if kind else None))
+    found = _read(spec, raw)
+    if found is None and spec.type == "datetime" and len(spec.steps) == 1:
+        return _period_start(mapping, resource, spec.steps[0].name)
+    return found
 
 
 def _read(spec: FieldSpec, raw: object) -> object:
     if raw is None:
         return None
     if spec.type == "reference":
-        reference = raw.get("reference", "") if isinstance(raw, dict) else ""
-        return reference.split("/")[-1] if reference else None
-    if spec.type == "quantity":
-        return raw.get("value") if isinstance(raw, dict) else None
+        return _reference_id(spec, raw)
     return raw
+
+
+def _period_start(mapping: Mapping, resource: dict, name: str) -> object:
+    """A partner's performedPeriod where /api reads performedDateTime: its start, so that sending
+    it back unchanged leaves the Period as it is."""
+    for sibling in choice_siblings(mapping.resource, name):
+        if sibling.endswith("Period") and isinstance(resource.get(sibling), dict):
+            return resource[sibling].get("start")
+    return None
+
+
+def _in_unit(quantity: object, unit: Unit | None) -> object:
+    """The value of a quantity in the unit /api speaks; None for another unit (a weight in
+    pounds, a supply in weeks), which /api cannot show as a number of its unit."""
+    if not isinstance(quantity, dict):
+        return None
+    code = quantity.get("code")
+    if unit is not None and code is not None and code != unit.code:
+        return None
+    return quantity.get("value")
+
+
+def _reference_id(spec: FieldSpec, raw: object) -> str | None:
+    """The id of a reference to the field's target type; None for anything else (a contained
+    #ref, an Organization where a Practitioner is expected, an identifier alone), which /api
+    cannot show as an id of the target and so leaves as it is."""
+    reference = raw.get("reference") if isinstance(raw, dict) else None
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/_history/")[0].split("/")
+    if len(parts) < 2 or parts[-2] != spec.target or not _ID.match(parts[-1]):
+        return None
+    return parts[-1]
 
 
 def _kind_of(mapping: Mapping, resource: dict) -> tuple[str, Kind] | None:
@@ -72,18 +115,27 @@ def _kind_of(mapping: Mapping, resource: dict) -> tuple[str, Kind] | None:
     return None
 
 
-def _component_value(resource: dict, code: str) -> object:
+def _component(resource: dict, code: str) -> dict | None:
     for component in resource.get("component", []):
         if any(c.get("code") == code for c in component.get("code", {}).get("coding", [])):
-            return component.get("valueQuantity", {}).get("value")
+            return component
     return None
+
+
+def _component_value(resource: dict, component: Component) -> object:
+    found = _component(resource, component.code)
+    return _in_unit(found.get("valueQuantity"), component.unit) if found else None
 
 
 # -- simple -> FHIR ---------------------------------------------------------------------------
 
 
 def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -> dict:
-    """The FHIR resource for `simple`, replacing every mapped field; InvalidInput if invalid."""
+    """The FHIR resource for `simple`; InvalidInput if invalid.
+
+    Over `existing`, only the fields whose /api value changed are written, each in place: what
+    /api does not show (other array items, a reference's display, a Period) stays as it was.
+    """
     if not isinstance(simple, dict):
         raise InvalidInput([FieldError("body", "must be a JSON object")])
     errors: list[FieldError] = []
@@ -105,24 +157,24 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
             errors.append(FieldError(name, "must be a string (it is set by the server)"))
     resource = copy.deepcopy(existing) if existing else {"resourceType": mapping.resource}
     for path, value in mapping.fixed.items():
-        paths.put(resource, paths.parse(path), copy.deepcopy(value))
+        steps = paths.parse(path)
+        # A partner's own value (an emergency Encounter's class) is theirs to keep.
+        if not existing or paths.get(resource, steps) is None:
+            paths.put(resource, steps, copy.deepcopy(value))
+    before = _kind_of(mapping, existing) if existing else None
     for name, spec in mapping.fields.items():
-        value = simple.get(name, spec.default)
         if spec.readonly:
             continue
-        paths.remove(resource, spec.steps)
-        if value is None:
-            if spec.required:
-                errors.append(FieldError(name, "is required"))
-            continue
-        try:
-            paths.put(resource, spec.steps, _write(spec, value, kind))
-        except ValueError as error:
-            errors.append(FieldError(name, str(error)))
+        # A new kind rewrites its value even when the number is the same: the unit changes.
+        rewrite = kind is not None and name == mapping.kinds.value_field  # type: ignore[union-attr]
+        rewrite = rewrite and (before is None or before[1] is not kind)
+        value = simple.get(name, spec.default)
+        _write_field(mapping, resource, name, spec, value, kind, errors, rewrite=rewrite)
     if kind:
-        _write_kind(resource, simple, kind, errors)
+        _write_kind(resource, simple, kind, errors, existing=existing, mapping=mapping)
         value_given = simple.get(mapping.kinds.value_field) is not None  # type: ignore[union-attr]
-        if kind.unit and not value_given:
+        kept = before is not None and before[1] is kind and _value_kept(mapping, resource)
+        if kind.unit and not value_given and not kept:
             errors.append(FieldError(mapping.kinds.value_field, "is required for this kind"))  # type: ignore[union-attr]
         if kind.components and value_given:
             errors.append(
@@ -136,6 +188,58 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
     return resource
 
 
+def _write_field(
+    mapping: Mapping,
+    resource: dict,
+    name: str,
+    spec: FieldSpec,
+    value: object,
+    kind: Kind | None,
+    errors: list[FieldError],
+    *,
+    rewrite: bool = False,
+) -> None:
+    """Set one field where it lives, in place: a value read back unchanged leaves the element
+    as it was (its display, its unit, a Period, the other items of its array)."""
+    if not rewrite and _same(value, _field(mapping, spec, resource)):
+        if value is None and spec.required and not _held_otherwise(mapping, spec, resource):
+            errors.append(FieldError(name, "is required"))
+        return
+    if value is None:
+        if spec.required:
+            errors.append(FieldError(name, "is required"))
+            return
+        paths.remove(resource, spec.steps)
+        return
+    try:
+        written = _write(spec, value, kind)
+    except ValueError as error:
+        errors.append(FieldError(name, str(error)))
+        return
+    for sibling in choice_siblings(mapping.resource, spec.steps[0].name):
+        resource.pop(sibling, None)  # one of effective[x]: the new value replaces a Period
+        resource.pop("_" + sibling, None)
+    paths.put(resource, spec.steps, written)
+
+
+def _same(value: object, old: object) -> bool:
+    return type(value) is type(old) and value == old
+
+
+def _held_otherwise(mapping: Mapping, spec: FieldSpec, resource: dict) -> bool:
+    """Whether the resource holds the element in a form /api does not read: medicationReference
+    for a medication the mapping reads from medicationCodeableConcept."""
+    siblings = choice_siblings(mapping.resource, spec.steps[0].name)
+    return any(sibling in resource for sibling in siblings)
+
+
+def _value_kept(mapping: Mapping, resource: dict) -> bool:
+    """Whether an update kept a value /api does not show (a valueCodeableConcept, a weight in
+    pounds): the kind still has its value."""
+    spec = mapping.fields[mapping.kinds.value_field]  # type: ignore[union-attr]
+    return paths.get(resource, spec.steps) is not None or _held_otherwise(mapping, spec, resource)
+
+
 def _input_kind(mapping: Mapping, simple: dict, errors: list[FieldError]) -> Kind | None:
     if not mapping.kinds:
         return None
@@ -147,7 +251,20 @@ def _input_kind(mapping: Mapping, simple: dict, errors: list[FieldError]) -> Kin
     return kind
 
 
-def _write_kind(resource: dict, simple: dict, kind: Kind, errors: list[FieldError]) -> None:
+def _write_kind(
+    resource: dict,
+    simple: dict,
+    kind: Kind,
+    errors: list[FieldError],
+    *,
+    existing: dict | None,
+    mapping: Mapping,
+) -> None:
+    before = _kind_of(mapping, existing) if existing else None
+    if before is not None and before[1] is kind:
+        # The same kind: its other codings, profiles, components and their interpretation stay.
+        _update_components(resource, simple, kind, errors)
+        return
     resource["code"] = {
         "coding": [{"system": kind.system, "code": kind.code, "display": kind.display}],
         "text": kind.display,
@@ -177,6 +294,23 @@ def _write_kind(resource: dict, simple: dict, kind: Kind, errors: list[FieldErro
         )
     if components:
         resource["component"] = components
+
+
+def _update_components(resource: dict, simple: dict, kind: Kind, errors: list[FieldError]) -> None:
+    for name, component in kind.components.items():
+        value, found = simple.get(name), _component(resource, component.code)
+        if _same(value, _component_value(resource, component)) and found is not None:
+            continue  # unchanged, or held in a unit /api does not show
+        if not _is_number(value):
+            errors.append(FieldError(name, "is required for this kind and must be a number"))
+            continue
+        if found is None:
+            coding = {"system": kind.system, "code": component.code, "display": component.display}
+            found = {"code": {"coding": [coding]}}
+            resource.setdefault("component", []).append(found)
+        for other in [k for k in found if k.startswith("value") or k == "dataAbsentReason"]:
+            del found[other]
+        found["valueQuantity"] = _quantity(value, component.unit)
 
 
 def _is_number(value: object) -> bool:

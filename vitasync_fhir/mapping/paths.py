@@ -145,8 +145,16 @@ def _remove(node: dict, steps: tuple[Step, ...]) -> None:
         _remove(item, rest)
         leftover = {k for k in item if k != step.key}
         if not leftover:
-            items.remove(item)
+            _delete(items, item)
     elif not rest:
-        items.remove(item)
+        _delete(items, item)
     if not items:
         del node[step.name]
+
+
+def _delete(items: list, item: object) -> None:
+    """Delete this very item; list.remove would take the first equal one ("Ann" of Ann Ann)."""
+    for position, candidate in enumerate(items):
+        if candidate is item:
+            del items[position]
+            return
