@@ -58,7 +58,7 @@ def test_editing_the_first_given_name_keeps_the_second():
                 "medicationCodeableConcept": {"text": "Amoxicillin"},
                 "subject": {"reference": "Patient/p1"},
             },
-        ),  # noqa: E501
+        ),
         (
             "vaccines",
             {
@@ -68,7 +68,7 @@ def test_editing_the_first_given_name_keeps_the_second():
                 "patient": {"reference": "Patient/p1"},
                 "occurrenceDateTime": "2024-01-01T10:00:00Z",
             },
-        ),  # noqa: E501
+        ),
         (
             "procedures",
             {
@@ -77,7 +77,7 @@ def test_editing_the_first_given_name_keeps_the_second():
                 "code": {"text": "Suture"},
                 "subject": {"reference": "Patient/p1"},
             },
-        ),  # noqa: E501
+        ),
     ],
 )
 def test_editing_the_first_note_keeps_the_second(name, stored):

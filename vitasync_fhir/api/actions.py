@@ -15,6 +15,7 @@ from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.search import dates
 from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import instant
+from vitasync_fhir.fhir.validation import choice_siblings
 from vitasync_fhir.mapping.convert import FieldError, InvalidInput, _datetime
 from vitasync_fhir.notify.appointments import enqueue_appointment_email
 
@@ -91,7 +92,7 @@ async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> 
         # Started as a Period (in progress since its start): performing it ends the Period.
         procedure["performedPeriod"].setdefault("end", when)
     else:
-        for other in ("performedString", "performedAge", "performedRange"):
+        for other in choice_siblings("Procedure", "performedDateTime"):
             procedure.pop(other, None)
         procedure["performedDateTime"] = when
     performer = _performer(api)

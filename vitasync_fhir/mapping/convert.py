@@ -162,18 +162,19 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
         if not existing or paths.get(resource, steps) is None:
             paths.put(resource, steps, copy.deepcopy(value))
     before = _kind_of(mapping, existing) if existing else None
+    same_kind = kind is not None and before is not None and before[1] is kind
     for name, spec in mapping.fields.items():
         if spec.readonly:
             continue
         # A new kind rewrites its value even when the number is the same: the unit changes.
         rewrite = kind is not None and name == mapping.kinds.value_field  # type: ignore[union-attr]
-        rewrite = rewrite and (before is None or before[1] is not kind)
+        rewrite = rewrite and not same_kind
         value = simple.get(name, spec.default)
         _write_field(mapping, resource, name, spec, value, kind, errors, rewrite=rewrite)
     if kind:
-        _write_kind(resource, simple, kind, errors, existing=existing, mapping=mapping)
+        _write_kind(resource, simple, kind, errors, same_kind=same_kind)
         value_given = simple.get(mapping.kinds.value_field) is not None  # type: ignore[union-attr]
-        kept = before is not None and before[1] is kind and _value_kept(mapping, resource)
+        kept = same_kind and _value_kept(mapping, resource)
         if kind.unit and not value_given and not kept:
             errors.append(FieldError(mapping.kinds.value_field, "is required for this kind"))  # type: ignore[union-attr]
         if kind.components and value_given:
@@ -257,11 +258,9 @@ def _write_kind(
     kind: Kind,
     errors: list[FieldError],
     *,
-    existing: dict | None,
-    mapping: Mapping,
+    same_kind: bool,
 ) -> None:
-    before = _kind_of(mapping, existing) if existing else None
-    if before is not None and before[1] is kind:
+    if same_kind:
         # The same kind: its other codings, profiles, components and their interpretation stay.
         _update_components(resource, simple, kind, errors)
         return
@@ -279,21 +278,15 @@ def _write_kind(
             errors.append(FieldError(name, "is required for this kind and must be a number"))
             continue
         components.append(
-            {
-                "code": {
-                    "coding": [
-                        {
-                            "system": kind.system,
-                            "code": component.code,
-                            "display": component.display,
-                        }
-                    ]
-                },
-                "valueQuantity": _quantity(value, component.unit),
-            }
+            {**_new_component(kind, component), "valueQuantity": _quantity(value, component.unit)}
         )
     if components:
         resource["component"] = components
+
+
+def _new_component(kind: Kind, component: Component) -> dict:
+    coding = {"system": kind.system, "code": component.code, "display": component.display}
+    return {"code": {"coding": [coding]}}
 
 
 def _update_components(resource: dict, simple: dict, kind: Kind, errors: list[FieldError]) -> None:
@@ -305,8 +298,7 @@ def _update_components(resource: dict, simple: dict, kind: Kind, errors: list[Fi
             errors.append(FieldError(name, "is required for this kind and must be a number"))
             continue
         if found is None:
-            coding = {"system": kind.system, "code": component.code, "display": component.display}
-            found = {"code": {"coding": [coding]}}
+            found = _new_component(kind, component)
             resource.setdefault("component", []).append(found)
         for other in [k for k in found if k.startswith("value") or k == "dataAbsentReason"]:
             del found[other]
