@@ -292,6 +292,41 @@ def test_appointments_book_reschedule_cancel_and_no_double_booking(client):
     assert client.put(f"/api/appointments/{appointment['id']}", json=slot).status_code == 405
 
 
+def test_a_partners_appointment_shows_its_patient_and_doctor_whatever_their_order(client):
+    pid, doctor = make_patient(client)["id"], make_doctor(client)
+    fhir_json = {"Content-Type": "application/fhir+json"}
+    room = client.post(
+        "/fhir/Location", json={"resourceType": "Location", "name": "Room 4"}, headers=fhir_json
+    ).json()["id"]
+    participants = [
+        {"actor": {"reference": f"Location/{room}"}, "status": "accepted"},
+        {"actor": {"reference": f"Practitioner/{doctor}"}, "status": "tentative"},
+        {"actor": {"reference": f"Patient/{pid}", "display": "Jane Doe"}, "status": "accepted"},
+    ]
+    made = client.post(
+        "/fhir/Appointment",
+        json={
+            "resourceType": "Appointment",
+            "status": "booked",
+            "start": "2026-12-05T09:00:00Z",
+            "end": "2026-12-05T09:30:00Z",
+            "participant": participants,
+        },
+        headers=fhir_json,
+    )
+    assert made.status_code == 201, made.text
+    shown = client.get(f"/api/appointments/{made.json()['id']}").json()
+    assert (shown["patient_id"], shown["doctor_id"]) == (pid, doctor)
+    listed = client.get("/api/appointments", params={"doctor": doctor}).json()
+    assert [(a["patient_id"], a["doctor_id"]) for a in listed["items"]] == [(pid, doctor)]
+    moved = client.post(
+        f"/api/appointments/{shown['id']}/reschedule",
+        json={"start": "2026-12-05T10:00:00Z", "end": "2026-12-05T10:30:00Z"},
+    )
+    assert moved.status_code == 200, moved.text
+    assert client.get(f"/fhir/Appointment/{shown['id']}").json()["participant"] == participants
+
+
 @pytest.mark.parametrize(
     ("role", "path", "allowed"),
     [

@@ -242,3 +242,82 @@ def test_a_value_in_another_unit_or_shape_is_not_shown_as_a_number_of_ours_and_i
         **weeks["dispenseRequest"],
         "numberOfRepeatsAllowed": 1,
     }
+
+
+PARTNER_APPOINTMENT = {
+    "resourceType": "Appointment",
+    "status": "booked",
+    "start": "2026-12-01T09:00:00Z",
+    "end": "2026-12-01T09:30:00Z",
+    "participant": [
+        {"actor": {"reference": "Location/room-4", "display": "Room 4"}, "status": "accepted"},
+        {
+            "actor": {"reference": "https://ehr.example.org/fhir/Practitioner/d1"},
+            "required": "required",
+            "status": "tentative",
+        },
+        {
+            "actor": {"reference": "Patient/p1/_history/3", "display": "Ann Roe"},
+            "status": "accepted",
+        },
+    ],
+}
+
+
+def test_appointment_participants_are_found_by_type_not_by_position():
+    simple = from_fhir(MAPPINGS["appointments"], {"id": "a1", **PARTNER_APPOINTMENT})
+    assert (simple["patient_id"], simple["doctor_id"]) == ("p1", "d1")
+    unchanged_except(
+        PARTNER_APPOINTMENT, edit("appointments", PARTNER_APPOINTMENT, notes="x"), "comment"
+    )
+    moved = edit("appointments", PARTNER_APPOINTMENT, doctor_id="d2")
+    expected = copy.deepcopy(PARTNER_APPOINTMENT["participant"])
+    expected[1]["actor"] = {"reference": "Practitioner/d2"}  # its required and status stay
+    assert moved["participant"] == expected
+
+
+def test_a_new_appointment_gets_one_accepted_participant_of_each_type():
+    made = to_fhir(
+        MAPPINGS["appointments"],
+        {
+            "patient_id": "p1",
+            "doctor_id": "d1",
+            "start": "2026-12-01T09:00:00Z",
+            "end": "2026-12-01T09:30:00Z",
+        },
+    )
+    assert made["participant"] == [
+        {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+        {"actor": {"reference": "Practitioner/d1"}, "status": "accepted"},
+    ]
+    assert validate(made) == []
+
+
+def test_a_changed_code_drops_the_display_and_translations_of_the_old_one():
+    flu = {
+        "resourceType": "Immunization",
+        "status": "completed",
+        "patient": {"reference": "Patient/p1"},
+        "occurrenceDateTime": "2024-10-01T09:00:00Z",
+        "vaccineCode": {
+            "coding": [
+                {"system": "http://hl7.org/fhir/sid/cvx", "code": "140", "display": "Influenza"},
+                {"system": "urn:oid:1.2.36.1.2001.1005.17", "code": "FLUVAX"},
+            ],
+            "text": "Influenza, seasonal",
+        },
+    }
+    unchanged_except(flu, edit("vaccines", flu, lot_number="L1"), "lotNumber")
+    covid = edit("vaccines", flu, vaccine="COVID-19", vaccine_code="208")
+    assert covid["vaccineCode"] == {
+        "coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "208"}],
+        "text": "COVID-19",
+    }
+    unchanged_except(flu, covid, "vaccineCode")
+    # A code where there was none of that system joins the codings there are.
+    other = {**flu, "vaccineCode": {"coding": [flu["vaccineCode"]["coding"][1]], "text": "Flu"}}
+    added = edit("vaccines", other, vaccine_code="141")
+    assert added["vaccineCode"]["coding"] == [
+        {"system": "urn:oid:1.2.36.1.2001.1005.17", "code": "FLUVAX"},
+        {"system": "http://hl7.org/fhir/sid/cvx", "code": "141"},
+    ]

@@ -17,7 +17,7 @@ from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import instant
 from vitasync_fhir.fhir.validation import choice_siblings
 from vitasync_fhir.mapping.convert import FieldError, InvalidInput, _datetime
-from vitasync_fhir.notify.appointments import enqueue_appointment_email
+from vitasync_fhir.notify.appointments import enqueue_appointment_email, participant
 
 ACTIVE_APPOINTMENT = ("proposed", "pending", "booked", "arrived", "checked-in", "waitlist")
 CLOSED_PRESCRIPTION = ("cancelled", "stopped", "entered-in-error", "completed")
@@ -126,17 +126,9 @@ def _moment(value: object) -> datetime | None:
     return dates.from_micros(found[0]) if found else None
 
 
-def _doctor(appointment: dict) -> str | None:
-    for participant in appointment.get("participant", []):
-        reference = participant.get("actor", {}).get("reference", "")
-        if reference.startswith("Practitioner/"):
-            return reference.split("/", 1)[1]
-    return None
-
-
 async def check_free(api: ApiResources, appointment: dict, *, ignore: str | None = None) -> None:
     """409 when the doctor already has an active appointment overlapping this one."""
-    doctor = _doctor(appointment)
+    doctor = participant(appointment, "Practitioner")
     if doctor is None:
         return
     start, end = _window(appointment)

@@ -96,13 +96,8 @@ def _reference_id(spec: FieldSpec, raw: object) -> str | None:
     """The id of a reference to the field's target type; None for anything else (a contained
     #ref, an Organization where a Practitioner is expected, an identifier alone), which /api
     cannot show as an id of the target and so leaves as it is."""
-    reference = raw.get("reference") if isinstance(raw, dict) else None
-    if not isinstance(reference, str):
-        return None
-    parts = reference.split("/_history/")[0].split("/")
-    if len(parts) < 2 or parts[-2] != spec.target or not _ID.match(parts[-1]):
-        return None
-    return parts[-1]
+    found = paths.reference_id(raw, spec.target)  # type: ignore[arg-type]
+    return found if found and _ID.match(found) else None
 
 
 def _kind_of(mapping: Mapping, resource: dict) -> tuple[str, Kind] | None:
@@ -156,11 +151,6 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
         if simple.get(name) is not None and not isinstance(simple[name], str):
             errors.append(FieldError(name, "must be a string (it is set by the server)"))
     resource = copy.deepcopy(existing) if existing else {"resourceType": mapping.resource}
-    for path, value in mapping.fixed.items():
-        steps = paths.parse(path)
-        # A partner's own value (an emergency Encounter's class) is theirs to keep.
-        if not existing or paths.get(resource, steps) is None:
-            paths.put(resource, steps, copy.deepcopy(value))
     before = _kind_of(mapping, existing) if existing else None
     same_kind = kind is not None and before is not None and before[1] is kind
     for name, spec in mapping.fields.items():
@@ -171,6 +161,12 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
         rewrite = rewrite and not same_kind
         value = simple.get(name, spec.default)
         _write_field(mapping, resource, name, spec, value, kind, errors, rewrite=rewrite)
+    # Fixed values fill gaps only, once the fields are written (a participant's status goes in
+    # the item its actor made): a partner's own value (an emergency Encounter's class) stays.
+    for path, value in mapping.fixed.items():
+        steps = paths.parse(path)
+        if paths.get(resource, steps) is None:
+            paths.put(resource, steps, copy.deepcopy(value))
     if kind:
         _write_kind(resource, simple, kind, errors, same_kind=same_kind)
         value_given = simple.get(mapping.kinds.value_field) is not None  # type: ignore[union-attr]
@@ -220,7 +216,18 @@ def _write_field(
     for sibling in choice_siblings(mapping.resource, spec.steps[0].name):
         resource.pop(sibling, None)  # one of effective[x]: the new value replaces a Period
         resource.pop("_" + sibling, None)
+    replaced = _is_coding_code(spec.steps) and _field(mapping, spec, resource) is not None
     paths.put(resource, spec.steps, written)
+    if replaced:
+        # Another concept: the old code's display and its translations into other systems
+        # described what was there before, so the new code stands alone.
+        concept = paths.get(resource, spec.steps[:-2])
+        concept["coding"] = [{"system": spec.steps[-2].value, "code": written}]  # type: ignore[index]
+
+
+def _is_coding_code(steps: tuple[paths.Step, ...]) -> bool:
+    """A path to the code of a coding of one system: `vaccineCode.coding[system=...].code`."""
+    return len(steps) >= 3 and steps[-1].name == "code" and steps[-2].key == "system"
 
 
 def _same(value: object, old: object) -> bool:

@@ -1,8 +1,10 @@
 """Element paths in the mapping files, and reading and writing JSON along them.
 
-A path is dot-separated steps; a step is a name, optionally with `[n]` (the n-th item of an array)
-or `[key=value]` (the item of an array whose `key` equals `value`, created with that key when
-written): `dosageInstruction[0].text`, `code.coding[system=http://loinc.org].code`.
+A path is dot-separated steps; a step is a name, optionally with `[n]` (the n-th item of an array),
+`[key=value]` (the item of an array whose `key` equals `value`, created with that key when
+written) or `[key:Type]` (the item whose `key` is a Reference to a resource of that type, created
+empty when written: the rest of the path gives it the reference): `dosageInstruction[0].text`,
+`code.coding[system=http://loinc.org].code`, `participant[actor:Patient].actor`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import re
 from dataclasses import dataclass
 
 _STEP = re.compile(
-    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\]|\[(?P<key>[A-Za-z]+)=(?P<value>[^\]]+)\])?$"
+    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:\[(?P<index>\d+)\]|\[(?P<key>[A-Za-z]+)=(?P<value>[^\]]+)\]"
+    r"|\[(?P<ref>[A-Za-z]+):(?P<type>[A-Z][A-Za-z]+)\])?$"
 )
 
 
@@ -25,6 +29,7 @@ class Step:
     index: int | None = None
     key: str | None = None
     value: str | None = None
+    holds: str | None = None  # [key:Type]: the resource type `key` refers to
 
     @property
     def is_array(self) -> bool:
@@ -52,17 +57,49 @@ def parse(path: str) -> tuple[Step, ...]:
     for text in _split(path):
         match = _STEP.match(text)
         if not match:
-            raise PathError(f"{path!r}: step {text!r} is not name, name[n] or name[key=value]")
+            raise PathError(
+                f"{path!r}: step {text!r} is not name, name[n], name[key=value] or name[key:Type]"
+            )
         index = match.group("index")
         steps.append(
             Step(
                 match.group("name"),
                 int(index) if index else None,
-                match.group("key"),
+                match.group("key") or match.group("ref"),
                 match.group("value"),
+                match.group("type"),
             )
         )
     return tuple(steps)
+
+
+def reference_type(reference: object) -> str | None:
+    """The resource type a Reference points at: `Patient` for `Patient/1`, an absolute or a
+    versioned URL of one, or a Reference whose `type` says so; None for a contained `#id`."""
+    if not isinstance(reference, dict):
+        return None
+    text = reference.get("reference")
+    if isinstance(text, str):
+        parts = text.split("/_history/")[0].split("/")
+        return parts[-2] if len(parts) >= 2 and parts[-1] else None
+    kind = reference.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def reference_id(reference: object, resource_type: str) -> str | None:
+    """The id a Reference gives when it points at a resource of this type, else None."""
+    if reference_type(reference) != resource_type:
+        return None
+    text = reference.get("reference")  # type: ignore[union-attr]
+    return text.split("/_history/")[0].rsplit("/", 1)[-1] if isinstance(text, str) else None
+
+
+def _matches(item: object, step: Step) -> bool:
+    if not isinstance(item, dict):
+        return False
+    if step.holds is not None:
+        return reference_type(item.get(step.key)) == step.holds  # type: ignore[arg-type]
+    return item.get(step.key) == step.value  # type: ignore[arg-type]
 
 
 def _item(items: list, step: Step, *, create: bool) -> dict | None:
@@ -71,11 +108,11 @@ def _item(items: list, step: Step, *, create: bool) -> dict | None:
             items.append({})
         return items[step.index] if step.index < len(items) else None
     for item in items:
-        if isinstance(item, dict) and item.get(step.key) == step.value:
+        if _matches(item, step):
             return item
     if not create:
         return None
-    item = {step.key: step.value}
+    item = {} if step.holds is not None else {step.key: step.value}
     items.append(item)
     return item
 
@@ -99,7 +136,7 @@ def put(document: dict, steps: tuple[Step, ...], value: object) -> None:
             items = node.setdefault(step.name, [])
             if last:
                 if step.index is None:
-                    raise PathError("a [key=value] step cannot be the end of a path")
+                    raise PathError("a [key=value] or [key:Type] step cannot end a path")
                 while len(items) <= step.index:
                     items.append(None)
                 items[step.index] = value
@@ -116,7 +153,8 @@ def put(document: dict, steps: tuple[Step, ...], value: object) -> None:
 def remove(document: dict, steps: tuple[Step, ...]) -> None:
     """Delete the element at the path, then whatever the deletion left empty.
 
-    An array item found by `[key=value]` counts as empty once only its key is left.
+    An array item found by `[key=value]` counts as empty once only its key is left, one found by
+    `[key:Type]` once its reference is gone (it is no longer that type's item).
     """
     _remove(document, steps)
 
@@ -144,7 +182,7 @@ def _remove(node: dict, steps: tuple[Step, ...]) -> None:
     if rest and isinstance(item, dict):
         _remove(item, rest)
         leftover = {k for k in item if k != step.key}
-        if not leftover:
+        if not leftover or (step.holds is not None and step.key not in item):
             _delete(items, item)
     elif not rest:
         _delete(items, item)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.tables import users
 from vitasync_fhir.fhir.tables import resources
+from vitasync_fhir.mapping import paths
 from vitasync_fhir.notify.outbox import address_of, enqueue
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,11 @@ APPOINTMENT_KINDS = (
 def participant(appointment: dict, resource_type: str) -> str | None:
     """The id of the first participant of this type (`Patient/123` -> `123`)."""
     for entry in appointment.get("participant") or []:
-        reference = (entry.get("actor") or {}).get("reference") or ""
-        kind, _, ident = reference.rpartition("/")
-        if kind.rsplit("/", 1)[-1] == resource_type and ident:
-            return ident
+        found = paths.reference_id(
+            entry.get("actor") if isinstance(entry, dict) else None, resource_type
+        )
+        if found:
+            return found
     return None
 
 
