@@ -145,6 +145,44 @@ def test_prescription_fill_records_a_dispense_once(client, signed_in):
     assert client.post("/api/prescriptions/nope/fill", headers=pharmacist).status_code == 404
 
 
+def test_patch_changes_only_the_fields_sent_and_put_replaces_the_record(client, signed_in):
+    pid = make_patient(client)["id"]
+    rx = client.post(
+        "/api/prescriptions",
+        json={"patient_id": pid, "medication": "Amoxicillin", "notes": "with food", "refills": 2},
+    ).json()
+    pharmacist = signed_in(role="pharmacist")
+    held = client.patch(
+        f"/api/prescriptions/{rx['id']}",
+        json={"status": "on-hold", "version": rx["version"]},
+        headers=pharmacist,
+    )
+    assert held.status_code == 200, held.text
+    assert {k: held.json()[k] for k in ("status", "notes", "refills", "medication")} == {
+        "status": "on-hold",
+        "notes": "with food",
+        "refills": 2,
+        "medication": "Amoxicillin",
+    }
+    stale = client.patch(f"/api/prescriptions/{rx['id']}", json={"refills": 0, "version": 1})
+    assert stale.status_code == 409
+    cleared = client.patch(f"/api/prescriptions/{rx['id']}", json={"notes": None}).json()
+    assert cleared["notes"] is None and cleared["status"] == "on-hold"
+    assert "note" not in client.get(f"/fhir/MedicationRequest/{rx['id']}").json()
+    wrong = client.patch(f"/api/prescriptions/{rx['id']}", json={"refills": "two", "colour": 1})
+    assert wrong.status_code == 422
+    assert {e["field"] for e in wrong.json()["detail"]} == {"refills", "colour"}
+    assert client.get(f"/api/prescriptions/{rx['id']}").json()["refills"] == 2
+    assert client.patch(f"/api/prescriptions/{rx['id']}", content=b"[1]").status_code == 400
+    # PUT replaces: what it leaves out is cleared, or takes the field's default.
+    replaced = client.put(
+        f"/api/prescriptions/{rx['id']}", json={"patient_id": pid, "medication": "Amoxicillin"}
+    ).json()
+    assert (replaced["status"], replaced["refills"]) == ("active", None)
+    appointment = "/api/appointments/x"
+    assert client.patch(appointment, json={"reason": "y"}).status_code == 405
+
+
 def test_procedure_perform(client):
     pid = make_patient(client)["id"]
     proc = client.post("/api/procedures", json={"patient_id": pid, "name": "Suture"}).json()

@@ -82,22 +82,16 @@ def resource_router(mapping: Mapping) -> APIRouter:
         return JSONResponse(found)
 
     if mapping.name != "appointments":
-
-        @router.put(
-            "/{resource_id}",
-            responses={200: {"model": out}, **ERRORS},
-            openapi_extra=body,
-            summary=f"Update a {title}",
-        )
-        async def update(
-            resource_id: str, request: Request, session: SessionDep, access: AccessDep
-        ) -> Response:
-            """Replace the fields; send the `version` you read: 409 if it changed since."""
-            api = _api(mapping, request, session, access)
-            data = await _json(request)
-            if mapping.name == "records":
-                data.pop("linked", None)  # what get() adds; a record sent back as read is valid
-            return JSONResponse(await api.update(resource_id, data))
+        for method, partial, summary, description in UPDATES:
+            router.add_api_route(
+                "/{resource_id}",
+                _update_route(mapping, partial=partial),
+                methods=[method],
+                responses={200: {"model": out}, **ERRORS},
+                openapi_extra=body,
+                summary=f"{summary} {title}",
+                description=description,
+            )
 
         @router.delete(
             "/{resource_id}", status_code=204, responses=ERRORS, summary=f"Delete a {title}"
@@ -117,6 +111,38 @@ def resource_router(mapping: Mapping) -> APIRouter:
             summary=summary,
         )
     return router
+
+
+# method, partial, summary, description: PUT replaces a record, PATCH changes some fields.
+UPDATES = (
+    (
+        "PUT",
+        False,
+        "Update a",
+        "Replace the record: a field left out is cleared, or takes its default. Send the "
+        "`version` you read: 409 if it changed since.",
+    ),
+    (
+        "PATCH",
+        True,
+        "Change some fields of a",
+        "Change only the fields sent (null clears one); the others stay as they are. A "
+        "`version` sent must be the current one: 409 if it changed since.",
+    ),
+)
+
+
+def _update_route(mapping: Mapping, *, partial: bool):  # type: ignore[no-untyped-def]
+    async def run(
+        resource_id: str, request: Request, session: SessionDep, access: AccessDep
+    ) -> Response:
+        api = _api(mapping, request, session, access)
+        data = await _json(request)
+        if mapping.name == "records":
+            data.pop("linked", None)  # what get() adds; a record sent back as read is valid
+        return JSONResponse(await api.update(resource_id, data, partial=partial))
+
+    return run
 
 
 def _action_route(mapping: Mapping, action: Action):  # type: ignore[no-untyped-def]
