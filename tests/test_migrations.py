@@ -35,10 +35,17 @@ def empty_database(request, tmp_path, worker_id) -> Iterator[str]:  # type: igno
     drop_postgres_database(name)
 
 
-def _tables(url: str) -> set[str]:
+def _columns(url: str) -> set[tuple[str, str]]:
+    """Every (table, column) of the database: a migration may add a table or a column."""
     engine = create_engine(sync_url(url))
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        found = inspect(engine)
+        return {
+            (table, column["name"])
+            for table in found.get_table_names()
+            if table != "alembic_version"
+            for column in found.get_columns(table)
+        }
     finally:
         engine.dispose()
 
@@ -48,14 +55,14 @@ def test_each_migration_goes_down_and_up_again(empty_database):
     script = ScriptDirectory.from_config(migrations.alembic_config(url))
     revisions = [r.revision for r in script.walk_revisions()]  # head first
     migrations.upgrade(url)
-    assert set(metadata.tables) == _tables(url)
-    seen = [_tables(url)]
+    assert {(t.name, c.name) for t in metadata.tables.values() for c in t.columns} == _columns(url)
+    seen = [_columns(url)]
     for below in [*revisions[1:], "base"]:
         migrations.downgrade(url, below)
-        now = _tables(url)
-        assert now < seen[-1], f"downgrading to {below} removed no table"
+        now = _columns(url)
+        assert now < seen[-1], f"downgrading to {below} removed no table or column"
         seen.append(now)
     assert seen[-1] == set()
     for revision, tables in zip(reversed(revisions), reversed(seen[:-1]), strict=True):
         migrations.upgrade(url, revision)
-        assert _tables(url) == tables, revision
+        assert _columns(url) == tables, revision

@@ -234,22 +234,27 @@ def test_denied_consent(api: TestClient, app_client, make_user) -> None:  # type
     assert forged.status_code == 400
 
 
-def test_scope_escalation_on_refresh(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
-    user = make_user(role="patient")
+def app_tokens(api: TestClient, client_id: str, email: str, **extra: str) -> dict:
+    """The token response of a whole code flow: sign-in, consent, code exchange."""
     verifier, challenge = pkce()
-    code = get_code(
-        api,
-        app_client.client_id,
-        user.email,
-        challenge,
-        scope="launch/patient offline_access patient/Observation.rs",
-    )
-    body = exchange(api, app_client.client_id, code, verifier).json()
-    form = {
+    return exchange(
+        api, client_id, get_code(api, client_id, email, challenge, **extra), verifier
+    ).json()
+
+
+def refresh_form(api: TestClient, client_id: str, email: str) -> dict:
+    """The token request that refreshes a patient's grant of patient/Observation.rs."""
+    scope = "launch/patient offline_access patient/Observation.rs"
+    body = app_tokens(api, client_id, email, scope=scope)
+    return {
         "grant_type": "refresh_token",
         "refresh_token": body["refresh_token"],
-        "client_id": app_client.client_id,
+        "client_id": client_id,
     }
+
+
+def test_scope_escalation_on_refresh(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
+    form = refresh_form(api, app_client.client_id, make_user(role="patient").email)
     escalated = api.post(
         "/oauth2/token", data={**form, "scope": "patient/Observation.rs patient/Condition.rs"}
     )
@@ -265,13 +270,7 @@ def test_scope_escalation_on_refresh(api: TestClient, app_client, make_user) -> 
 def test_revoke_and_introspect(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
     user = make_user(role="patient")
     admin = make_user(role="admin")
-    verifier, challenge = pkce()
-    body = exchange(
-        api,
-        app_client.client_id,
-        get_code(api, app_client.client_id, user.email, challenge),
-        verifier,
-    ).json()
+    body = app_tokens(api, app_client.client_id, user.email)
     client_form = {"client_id": app_client.client_id}
     live = api.post(
         "/oauth2/introspect", data={**client_form, "token": body["access_token"]}
@@ -387,7 +386,15 @@ def test_forged_tokens_are_refused(api: TestClient, make_user, attack: str) -> N
 # -- SMART Backend Services ----------------------------------------------------------------------
 
 
-def assertion(key: RSAKey | ECKey, client_id: str, *, alg: str = "RS384", **changes: object) -> str:
+def assertion(
+    key: RSAKey | ECKey,
+    client_id: str,
+    *,
+    alg: str = "RS384",
+    header: dict | None = None,
+    **changes: object,
+) -> str:
+    """A client assertion; `header` replaces the usual one ({alg, kid, typ})."""
     now = int(time.time())
     claims = {
         "iss": client_id,
@@ -398,7 +405,8 @@ def assertion(key: RSAKey | ECKey, client_id: str, *, alg: str = "RS384", **chan
     }
     claims.update(changes)
     claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+    header = header or {"alg": alg, "kid": key.kid, "typ": "JWT"}
+    return jwt.encode(header, claims, key, algorithms=[header["alg"]])
 
 
 def client_credentials(api: TestClient, signed: str, scope: str = "system/*.rs"):  # type: ignore[no-untyped-def]
@@ -513,3 +521,198 @@ def test_public_clients_cannot_use_client_credentials(api: TestClient, app_clien
         },
     )
     assert answer.status_code == 400 and answer.json()["error"] == "unauthorized_client"
+
+
+# -- what the review of 2026-11-29 found (each fails on the code before it) -----------------------
+
+
+def test_an_apps_admin_token_may_not_introspect_or_revoke_others(
+    api: TestClient, app_client, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    patient, admin = make_user(role="patient"), make_user(role="admin")
+    mine = app_tokens(api, app_client.client_id, patient.email)
+    app_admin = app_tokens(api, app_client.client_id, admin.email, scope="openid")
+    for endpoint in ("/oauth2/introspect", "/oauth2/revoke"):
+        refused = api.post(
+            endpoint,
+            data={"token": mine["access_token"]},
+            headers=bearer(app_admin["access_token"]),
+        )
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+        assert refused.headers["WWW-Authenticate"].startswith('Bearer realm="VitaSync FHIR"')
+    assert api.get("/api/auth/me", headers=bearer(mine["access_token"])).status_code == 200
+    own = login(api, admin.email)["access_token"]  # the server's own sign-in still may
+    seen = api.post("/oauth2/introspect", data={"token": mine["access_token"]}, headers=bearer(own))
+    assert seen.json()["active"] is True
+
+
+def test_client_id_must_be_the_assertions_client(api: TestClient, partner, app_client) -> None:  # type: ignore[no-untyped-def]
+    client, key = partner
+    form = {
+        "grant_type": "client_credentials",
+        "scope": "system/*.rs",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    }
+    other = api.post(
+        "/oauth2/token",
+        data={
+            **form,
+            "client_assertion": assertion(key, client.client_id),
+            "client_id": app_client.client_id,
+        },
+    )
+    assert other.status_code == 401 and other.json()["error"] == "invalid_client"
+    same = api.post(
+        "/oauth2/token",
+        data={
+            **form,
+            "client_assertion": assertion(key, client.client_id),
+            "client_id": client.client_id,
+        },
+    )
+    assert same.status_code == 200, same.text
+    both = api.post(
+        "/oauth2/token",
+        data={**form, "client_assertion": assertion(key, client.client_id)},
+        headers={"Authorization": "Basic eDp5"},
+    )
+    assert both.status_code == 400 and both.json()["error"] == "invalid_request"
+
+
+def test_an_assertion_needs_the_kid_of_a_registered_key_and_no_foreign_jku(
+    api: TestClient, make_client
+) -> None:  # type: ignore[no-untyped-def]
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    other = RSAKey.generate_key(2048, parameters={"kid": "k2"})
+    client = make_client(
+        name="Lab",
+        scope="system/*.rs",
+        role="doctor",
+        jwks={"keys": [key.as_dict(private=False), other.as_dict(private=False)]},
+    )
+    cases = {
+        "no kid": {"alg": "RS384"},
+        "foreign jku": {"alg": "RS384", "kid": "k1", "jku": "https://evil.example/jwks.json"},
+        "kid of the other key": {"alg": "RS384", "kid": "k2"},
+    }
+    for name, header in cases.items():
+        answer = client_credentials(api, assertion(key, client.client_id, header=header))
+        assert answer.status_code == 401, name
+    good = client_credentials(
+        api, assertion(key, client.client_id, header={"alg": "RS384", "kid": "k1"})
+    )
+    assert good.status_code == 200, good.text
+
+
+@pytest.fixture
+def jwks_server():  # type: ignore[no-untyped-def]
+    """A JWK Set URL on loopback http, serving whatever `published["keys"]` holds."""
+    import http.server
+    import threading
+
+    published: dict = {"keys": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(published).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", published
+    server.shutdown()
+
+
+def test_a_client_registered_by_jwks_url_signs_with_a_published_key(
+    api: TestClient, make_client, jwks_server, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from vitasync_fhir.auth import client_keys
+
+    url, published = jwks_server
+    first = RSAKey.generate_key(2048, parameters={"kid": "2026-1"})
+    published["keys"] = [first.as_dict(private=False)]
+    client = make_client(
+        name="Pharmacy chain", scope="system/*.rs", role="pharmacist", jwks_uri=url
+    )
+    answer = client_credentials(
+        api, assertion(first, client.client_id, header={"alg": "RS384", "kid": "2026-1"})
+    )
+    assert answer.status_code == 200, answer.text
+    with_jku = assertion(
+        first, client.client_id, header={"alg": "RS384", "kid": "2026-1", "jku": url}
+    )
+    assert client_credentials(api, with_jku).status_code == 200
+    # The client rotates: a new key is published; an unknown kid fetches the set again.
+    monkeypatch.setattr(client_keys, "REFETCH_SECONDS", 0.0)
+    second = RSAKey.generate_key(2048, parameters={"kid": "2026-2"})
+    published["keys"] = [second.as_dict(private=False)]
+    rotated = client_credentials(
+        api, assertion(second, client.client_id, header={"alg": "RS384", "kid": "2026-2"})
+    )
+    assert rotated.status_code == 200, rotated.text
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "2026-2"})
+    forged = client_credentials(
+        api, assertion(stranger, client.client_id, header={"alg": "RS384", "kid": "2026-2"})
+    )
+    assert forged.status_code == 401
+    with pytest.raises(ValueError):
+        make_client(name="x", scope="system/*.rs", role="doctor", jwks_uri="http://example.org/k")
+
+
+def test_refresh_with_an_unknown_scope_is_refused_and_keeps_the_grant(
+    api: TestClient, app_client, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    form = refresh_form(api, app_client.client_id, make_user(role="patient").email)
+    for scope in ("bogus/scope", "patient/Observation.rs?category=laboratory offline_access"):
+        refused = api.post("/oauth2/token", data={**form, "scope": scope})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", scope
+    kept = api.post("/oauth2/token", data=form)
+    assert kept.status_code == 200 and "patient/Observation.rs" in kept.json()["scope"].split()
+
+
+def test_v1_scopes_are_granted_as_v1_and_online_access_is_not_offered(
+    api: TestClient, app_client, make_user
+) -> None:  # type: ignore[no-untyped-def]
+    user = make_user(role="patient")
+    verifier, challenge = pkce()
+    code = get_code(
+        api,
+        app_client.client_id,
+        user.email,
+        challenge,
+        scope="launch/patient online_access patient/Observation.read patient/*.read",
+    )
+    body = exchange(api, app_client.client_id, code, verifier).json()
+    granted = body["scope"].split()
+    assert "patient/Observation.read" in granted and "patient/Condition.read" in granted
+    assert not any(s.endswith(".rs") for s in granted) and "online_access" not in granted
+    assert "refresh_token" not in body
+    config = api.get("/.well-known/smart-configuration").json()
+    assert "permission-online" not in config["capabilities"]
+    assert "online_access" not in config["scopes_supported"]
+
+
+def test_malformed_oauth_requests_are_invalid_request(api: TestClient, app_client) -> None:  # type: ignore[no-untyped-def]
+    for sent in (
+        {"data": {"client_id": app_client.client_id}},
+        {"json": {"grant_type": "client_credentials"}},
+    ):
+        answer = api.post("/oauth2/token", **sent)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", sent
+    for endpoint in ("/oauth2/revoke", "/oauth2/introspect"):
+        answer = api.post(endpoint, data={"client_id": app_client.client_id})
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_request"
+    basic = api.post(
+        "/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": "Basic c3ZjMTp4"},
+    )
+    assert basic.status_code == 401 and basic.headers["WWW-Authenticate"].startswith("Basic ")

@@ -85,6 +85,9 @@ def create_client(
     ),
     redirect_uri: list[str] = typer.Option([], help="Registered redirect URI (repeatable)"),
     jwks_file: Path | None = typer.Option(None, help="JWKS (JSON) of the client's public keys"),
+    jwks_uri: str | None = typer.Option(
+        None, help="Or the https URL where the client publishes its JWKS (fetched when needed)"
+    ),
     public_key_file: Path | None = typer.Option(None, help="PEM public key of the client"),
     role: str | None = typer.Option(
         None, help="Backend services: the role bounding system/ scopes"
@@ -102,6 +105,7 @@ def create_client(
                 scope=scope,
                 redirect_uris=redirect_uri,
                 jwks=jwks,
+                jwks_uri=jwks_uri,
                 role=role,
                 client_id=client_id,
             )

@@ -32,12 +32,11 @@ from authlib.oauth2.rfc7636.challenge import (
 )
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth import accounts, policy, tokens
+from vitasync_fhir.auth import accounts, client_keys, policy, tokens
 from vitasync_fhir.auth import scopes as smart
 from vitasync_fhir.auth.accounts import AccountError, User
 from vitasync_fhir.auth.tables import (
@@ -91,6 +90,7 @@ class Client:
     jwks: dict | None
     role: str | None
     active: bool
+    jwks_uri: str | None = None
 
     @property
     def allowed(self) -> smart.Requested:
@@ -108,6 +108,7 @@ def _client(row: object) -> Client:
         json.loads(row.jwks) if row.jwks else None,
         row.role,
         row.active,
+        row.jwks_uri,
     )
 
 
@@ -118,17 +119,6 @@ async def get_client(session: AsyncSession, client_id: str) -> Client | None:
     return _client(row) if row else None
 
 
-def check_jwks(jwks: dict) -> dict:
-    """A public JSON Web Key Set a client may register (private keys are refused)."""
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-        raise ValueError("A JWKS is an object with a non-empty `keys` list")
-    for key in jwks["keys"]:
-        if any(part in key for part in ("d", "p", "q", "k")):
-            raise ValueError("Register public keys only: this JWKS holds private or secret keys")
-    KeySet.import_key_set(jwks)
-    return jwks
-
-
 async def register_client(
     session: AsyncSession,
     *,
@@ -136,11 +126,13 @@ async def register_client(
     scope: str,
     redirect_uris: list[str] | None = None,
     jwks: dict | None = None,
+    jwks_uri: str | None = None,
     role: str | None = None,
     client_id: str | None = None,
 ) -> Client:
-    """Register a SMART app (redirect URIs; public, or confidential with a JWKS) or a backend
-    service (a JWKS and the role whose ceiling bounds its system/ scopes)."""
+    """Register a SMART app (redirect URIs; public, or confidential with its keys) or a backend
+    service (its keys and the role whose ceiling bounds its system/ scopes). Keys are a JWKS
+    given inline or the JWK Set URL that publishes them."""
     redirect_uris = list(redirect_uris or [])
     requested = smart.parse(scope)
     system = any(s.context == "system" for s in requested.resources)
@@ -149,11 +141,16 @@ async def register_client(
     for uri in redirect_uris:
         if not uri.startswith(("https://", "http://127.0.0.1", "http://localhost")) or "#" in uri:
             raise ValueError(f"Redirect URI {uri!r} must be https (or loopback http), no fragment")
+    if jwks is not None and jwks_uri is not None:
+        raise ValueError("Register the keys one way: a JWKS or a JWKS URL")
     if jwks is not None:
-        check_jwks(jwks)
+        client_keys.check_jwks(jwks)
+    if jwks_uri is not None:
+        client_keys.check_jwks_uri(jwks_uri)
+    keyed = jwks is not None or jwks_uri is not None
     if system:
-        if jwks is None or role is None:
-            raise ValueError("A backend service needs a JWKS and a role")
+        if not keyed or role is None:
+            raise ValueError("A backend service needs its keys (a JWKS or its URL) and a role")
         if role not in policy.STAFF:
             raise ValueError(
                 f"A backend service's role is one of {', '.join(sorted(policy.STAFF))}"
@@ -170,13 +167,14 @@ async def register_client(
     client = Client(
         client_id or str(uuid.uuid4()),
         name,
-        "private_key_jwt" if jwks else "none",
+        "private_key_jwt" if keyed else "none",
         tuple(redirect_uris),
         requested.text(),
         tuple(grants),
         jwks,
         role,
         True,
+        jwks_uri,
     )
     await session.execute(
         oauth_clients.insert().values(
@@ -187,6 +185,7 @@ async def register_client(
             scope=client.scope,
             grant_types=json.dumps(grants),
             jwks=json.dumps(jwks) if jwks else None,
+            jwks_uri=jwks_uri,
             role=role,
             active=True,
             created_at=_now(),
@@ -208,7 +207,14 @@ async def authenticate_client(
     if assertion_type or assertion:
         if assertion_type != ASSERTION_TYPE or not assertion:
             raise InvalidClientError(description="Unsupported client assertion", status_code=401)
-        return await verify_assertion(session, database, settings, assertion, endpoint=endpoint)
+        client = await verify_assertion(session, database, settings, assertion, endpoint=endpoint)
+        if form.get("client_id") and form["client_id"] != client.client_id:
+            # RFC 7521 4.2 and SMART: a client_id sent must be the assertion's issuer.
+            raise InvalidClientError(
+                description="client_id is not the client the assertion identifies",
+                status_code=401,
+            )
+        return client
     client_id = form.get("client_id")
     client = await get_client(session, client_id) if client_id else None
     if client is None or not client.active:
@@ -225,19 +231,18 @@ async def verify_assertion(
     aud = the token endpoint (or the endpoint called), exp at most 5 minutes ahead, and a `jti`
     never seen before from this client."""
     try:
-        unverified = json.loads(jws.extract_compact(assertion.encode()).payload)
-        client_id = unverified["iss"]
+        compact = jws.extract_compact(assertion.encode())
+        header, client_id = compact.headers(), json.loads(compact.payload)["iss"]
     except (JoseError, ValueError, KeyError, TypeError):
         raise InvalidClientError(
             description="The client assertion is not a JWT", status_code=401
         ) from None
     client = await get_client(session, client_id) if isinstance(client_id, str) else None
-    if client is None or not client.active or client.jwks is None:
+    if client is None or not client.active or client.auth_method != "private_key_jwt":
         raise InvalidClientError(description="The client is not known", status_code=401)
     try:
-        decoded = jwt.decode(
-            assertion, KeySet.import_key_set(client.jwks), algorithms=ASSERTION_ALGORITHMS
-        )
+        keys = await client_keys.signing_keys(header, jwks=client.jwks, jwks_uri=client.jwks_uri)
+        decoded = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGORITHMS)
         audiences = sorted({endpoints(settings)["token_endpoint"], endpoint})
         jwt.JWTClaimsRegistry(
             leeway=tokens.LEEWAY_SECONDS,
@@ -248,7 +253,7 @@ async def verify_assertion(
             jti={"essential": True},
         ).validate(decoded.claims)
     except (JoseError, ValueError, TypeError) as error:
-        detail = getattr(error, "description", None) or error.__class__.__name__
+        detail = getattr(error, "description", None) or str(error) or error.__class__.__name__
         raise InvalidClientError(
             description=f"The client assertion is not valid: {detail}", status_code=401
         ) from None
@@ -352,7 +357,7 @@ async def check_authorization_request(
     other = requested.other & allowed.other
     if not resources and not other:
         raise refuse(InvalidScopeError(description="None of the requested scopes may be granted"))
-    scope = smart.Requested(resources, other).text()
+    scope = smart.as_asked(smart.Requested(resources, other), params.get("scope"))
     return AuthorizationRequest(client, redirect_uri, scope, state, challenge, params.get("nonce"))
 
 
@@ -368,7 +373,7 @@ def grant_for(user: User, request: AuthorizationRequest, *, patient_id: str | No
         other.discard("launch/patient")
     if "launch" in other:
         other.discard("launch")  # EHR launch is not offered
-    return smart.Requested(resources, frozenset(other)).text()
+    return smart.as_asked(smart.Requested(resources, frozenset(other)), request.scope)
 
 
 def consent_token(settings: Settings, user: User, request: AuthorizationRequest) -> str:
@@ -434,6 +439,8 @@ async def token(session: AsyncSession, database: Database, settings: Settings, f
     """
     grant_type = form.get("grant_type")
     endpoint = endpoints(settings)["token_endpoint"]
+    if not grant_type:
+        raise InvalidRequestError(description="grant_type is required (a form-encoded body)")
     if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
         raise UnsupportedGrantTypeError(grant_type)
     client = await authenticate_client(session, database, settings, form, endpoint=endpoint)
@@ -534,7 +541,7 @@ async def _user_tokens(
         client_id=client.client_id,
         patient_id=patient_id,
         family=family,
-        with_refresh=bool(granted.other & {"offline_access", "online_access"}),
+        with_refresh="offline_access" in granted.other,
     )
     if "openid" in granted.other:
         answer["id_token"] = tokens.issue_id_token(
@@ -561,9 +568,12 @@ async def _refresh_grant(
     scope = row.scope
     if form.get("scope"):
         asked = smart.parse(form["scope"])
+        strange = smart.unknown(form["scope"])
+        if strange:
+            raise InvalidScopeError(description=f"Scopes not supported here: {' '.join(strange)}")
         if not smart.subset(asked, smart.parse(row.scope)):
             raise InvalidScopeError(description="A refresh may not widen the scopes granted")
-        scope = asked.text()
+        scope = smart.as_asked(asked, form["scope"])
     try:
         row = await accounts.use_refresh_token(session, settings, value, client_id=client.client_id)
     except AccountError as error:
@@ -583,7 +593,7 @@ async def _refresh_grant(
 def grant_ceiling(user: User, scope: str) -> str:
     asked = smart.parse(scope)
     resources = smart.intersect(asked.resources, policy.ceiling(user.role, ["patient", "user"]))
-    return smart.Requested(resources, asked.other).text()
+    return smart.as_asked(smart.Requested(resources, asked.other), scope)
 
 
 def _client_credentials(settings: Settings, client: Client, form: dict) -> dict:
@@ -596,7 +606,7 @@ def _client_credentials(settings: Settings, client: Client, form: dict) -> dict:
     )
     if not granted:
         raise InvalidScopeError(description="None of the requested system scopes may be granted")
-    scope = " ".join(str(s) for s in granted)
+    scope = smart.as_asked(smart.Requested(granted, frozenset()), form.get("scope"))
     issued = tokens.issue_access_token(
         settings, subject=client.client_id, scope=scope, client_id=client.client_id
     )
@@ -695,7 +705,6 @@ SCOPES_SUPPORTED = [
     "fhirUser",
     "launch/patient",
     "offline_access",
-    "online_access",
     "patient/*.rs",
     "patient/*.cruds",
     "user/*.rs",
@@ -727,7 +736,6 @@ def smart_configuration(settings: Settings) -> dict:
             "sso-openid-connect",
             "context-standalone-patient",
             "permission-offline",
-            "permission-online",
             "permission-patient",
             "permission-user",
             "permission-v1",

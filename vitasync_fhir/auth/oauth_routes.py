@@ -9,7 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from authlib.oauth2.rfc6749.errors import AccessDeniedError, InvalidClientError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
+    InvalidClientError,
+    InvalidRequestError,
+    OAuth2Error,
+)
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -46,9 +51,15 @@ def page(
     )
 
 
-def oauth_error(error: OAuth2Error) -> JSONResponse:
+def oauth_error(error: OAuth2Error, request: Request) -> JSONResponse:
+    """RFC 6749 5.2: the error as JSON; a 401 to a client that authenticated with the
+    Authorization header names that header's scheme in WWW-Authenticate."""
+    headers = dict(NO_STORE)
+    scheme = request.headers.get("authorization", "").partition(" ")[0]
+    if error.status_code == 401 and scheme:
+        headers["WWW-Authenticate"] = f'{scheme} realm="VitaSync FHIR", error="{error.error}"'
     return JSONResponse(
-        dict(error.get_body()), status_code=error.status_code or 400, headers=NO_STORE
+        dict(error.get_body()), status_code=error.status_code or 400, headers=headers
     )
 
 
@@ -240,7 +251,6 @@ OTHER_WORDS = {
     "profile": "Know your profile",
     "launch/patient": "Know which patient is in context",
     "offline_access": "Keep access while you are away (refresh token)",
-    "online_access": "Keep access while you are signed in",
 }
 
 
@@ -265,9 +275,10 @@ async def token(request: Request, session: SessionDep) -> JSONResponse:
     """Exchange a code, a refresh token, or a client assertion (client_credentials) for tokens."""
     form = await _form(request)
     try:
+        _one_way(request, form)
         answer = await oauth.token(session, request.app.state.db, request.app.state.settings, form)
     except OAuth2Error as error:
-        return oauth_error(error)  # answered, not raised: revocations of a replay must commit
+        return oauth_error(error, request)  # answered, not raised: replays' revocations commit
     return JSONResponse(
         {k: v for k, v in answer.items() if not k.startswith("_")}, headers=NO_STORE
     )
@@ -276,7 +287,9 @@ async def token(request: Request, session: SessionDep) -> JSONResponse:
 async def _requesting_client(
     request: Request, session: SessionDep, form: dict, endpoint: str
 ) -> oauth.Client | None:
-    """The client calling revoke or introspect; None for an administrator's bearer token."""
+    """The client calling revoke or introspect; None for an administrator's own bearer token
+    (from the server's sign-in, not an app's: an app an administrator signed in to is a client
+    and sees only its own tokens)."""
     settings = request.app.state.settings
     token_value = bearer_token(request)
     if token_value and not (form.get("client_id") or form.get("client_assertion")):
@@ -291,14 +304,28 @@ async def _requesting_client(
             if await tokens.is_revoked(session, claims["jti"])
             else await caller_for_claims(session, claims)
         )
-        if caller is None or caller.role != "admin":
+        if caller is None or caller.role != "admin" or caller.client_id is not None:
             raise InvalidClientError(
-                description="Only administrators may use a bearer token here", status_code=401
+                description="Only an administrator's own sign-in token may be used here",
+                status_code=401,
             )
         return None
+    _one_way(request, form)
     return await oauth.authenticate_client(
         session, request.app.state.db, settings, form, endpoint=endpoint
     )
+
+
+def _one_way(request: Request, form: dict) -> None:
+    """RFC 6749 2.3: a client authenticates one way per request, so an assertion with an
+    Authorization header as well is refused."""
+    if form.get("client_assertion") and request.headers.get("authorization"):
+        raise InvalidRequestError(description="Authenticate the client one way only")
+
+
+def _require_token(form: dict) -> None:
+    if not form.get("token"):
+        raise InvalidRequestError(description="token is required")
 
 
 @router.post("/oauth2/revoke")
@@ -308,8 +335,9 @@ async def revoke(request: Request, session: SessionDep) -> Response:
     endpoint = oauth.endpoints(request.app.state.settings)["revocation_endpoint"]
     try:
         client = await _requesting_client(request, session, form, endpoint)
+        _require_token(form)
     except OAuth2Error as error:
-        return oauth_error(error)
+        return oauth_error(error, request)
     await oauth.revoke(session, request.app.state.settings, client, form.get("token", ""))
     return Response(status_code=200, headers=NO_STORE)
 
@@ -321,8 +349,9 @@ async def introspect(request: Request, session: SessionDep) -> JSONResponse:
     endpoint = oauth.endpoints(request.app.state.settings)["introspection_endpoint"]
     try:
         client = await _requesting_client(request, session, form, endpoint)
+        _require_token(form)
     except OAuth2Error as error:
-        return oauth_error(error)
+        return oauth_error(error, request)
     answer = await oauth.introspect(
         session, request.app.state.settings, client, form.get("token", "")
     )

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 LETTERS = "cruds"
 CONTEXTS = ("patient", "user", "system")
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
-# Scopes that name no resource: identity, launch context and refresh.
-OTHER = frozenset(
-    {"openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access", "online_access"}
-)
+# Scopes that name no resource: identity, launch context and refresh. Not online_access: its
+# refresh token must end when the user is no longer signed in, and the authorization server
+# keeps no sign-in session to tell (apps that ask for it get no refresh token).
+OTHER = frozenset({"openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access"})
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.([a-z*]+)$")
 
 
@@ -79,6 +79,32 @@ def parse(scope_text: str | None) -> Requested:
         if scope is not None:
             resources.append(scope)
     return Requested(normalize(resources), frozenset(other))
+
+
+def unknown(scope_text: str | None) -> list[str]:
+    """The words of a scope string that name no scope we support (`parse` drops them)."""
+    return [w for w in (scope_text or "").split() if w not in OTHER and parse_scope(w) is None]
+
+
+def as_asked(granted: Requested, asked_text: str | None) -> str:
+    """The granted scopes as text, each spelled as the client asked for it where it was granted
+    whole: `patient/Observation.read` stays v1 for a v1 client, not `patient/Observation.rs`."""
+    spelling: dict[Scope, str] = {}
+    for word in (asked_text or "").split():
+        scope = parse_scope(word)
+        if scope is not None:
+            spelling.setdefault(scope, word)
+    words = [spelling.get(scope) or _v1_of_wildcard(scope, spelling) for scope in granted.resources]
+    return " ".join([*words, *sorted(granted.other)])
+
+
+def _v1_of_wildcard(scope: Scope, spelling: dict[Scope, str]) -> str:
+    """A type granted out of a v1 wildcard (`patient/*.read`) in v1 too, with its letters."""
+    asked = spelling.get(Scope(scope.context, "*", scope.letters), "")
+    suffix = asked.rpartition(".")[2]
+    if suffix in V1:
+        return f"{scope.context}/{scope.resource_type}.{suffix}"
+    return str(scope)
 
 
 def normalize(scopes: Iterable[Scope]) -> tuple[Scope, ...]:

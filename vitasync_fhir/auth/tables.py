@@ -49,6 +49,7 @@ oauth_clients = Table(
     Column("scope", Text, nullable=False),  # the most this client may ever be granted
     Column("grant_types", Text, nullable=False),  # JSON list
     Column("jwks", Text, nullable=True),  # JSON Web Key Set of its public keys
+    Column("jwks_uri", String(2000), nullable=True),  # or the URL that publishes them
     # The role whose ceiling bounds a backend service's system/ scopes; None for user-facing apps.
     Column("role", String(16), nullable=True),
     Column("active", Boolean, nullable=False),
