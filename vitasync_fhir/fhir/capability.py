@@ -11,7 +11,7 @@ import re
 from fastapi import FastAPI
 
 from vitasync_fhir import __version__
-from vitasync_fhir.auth import oauth
+from vitasync_fhir.auth import oauth, policy
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import dumps
 
@@ -54,6 +54,15 @@ def _search_params(resource_type: str) -> list[dict]:
     return search_parameters(resource_type)
 
 
+def _open_to_clients(resource_type: str, interactions: list[str]) -> list[str]:
+    """The interactions any role may use on the type: AuditEvent is written by the server
+    alone (policy.SERVER_WRITTEN), so its create, update, patch and delete are not offered."""
+    cap = policy.SERVER_WRITTEN.get(resource_type)
+    if cap is None:
+        return interactions
+    return [code for code in interactions if policy.INTERACTIONS.get(code, "") in cap]
+
+
 def statement(app: FastAPI) -> dict:
     settings = app.state.settings
     shapes = _shapes(app)
@@ -65,18 +74,21 @@ def statement(app: FastAPI) -> dict:
     conditional = {flag for shape, flag in CONDITIONAL.items() if shape in shapes}
     resources = []
     for name in sorted(resource_types()):
+        codes = _open_to_clients(name, type_level)
+        writable = "update" in codes
         entry: dict = {
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
-            "interaction": [{"code": code} for code in type_level],
+            "interaction": [{"code": code} for code in codes],
             "versioning": "versioned-update",
             "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": "create" in type_level,
-            "conditionalRead": "not-supported",
-            "conditionalUpdate": "conditionalUpdate" in conditional,
+            "updateCreate": writable,
+            "conditionalCreate": "create" in codes,
+            # If-None-Match and If-Modified-Since answer 304 (router.read_answer).
+            "conditionalRead": "full-support",
+            "conditionalUpdate": writable and "conditionalUpdate" in conditional,
             "conditionalDelete": "single"
-            if "conditionalDelete" in conditional
+            if "delete" in codes and "conditionalDelete" in conditional
             else "not-supported",
         }
         if "search-type" in type_level:
