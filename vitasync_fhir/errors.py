@@ -6,6 +6,7 @@ OperationOutcome on /fhir, `{"error", "detail"}` everywhere else.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import psycopg
 from fastapi import FastAPI, Request
@@ -108,6 +109,28 @@ def _transient(error: Exception) -> bool:
     return False
 
 
+# Statements the database refuses for their shape, however often they are sent: PostgreSQL's
+# program_limit_exceeded class (54001 "stack depth limit exceeded", too many columns or
+# arguments) and SQLite's equivalents, which only their message tells from a busy database.
+_SQLITE_TOO_COMPLEX = (
+    "Expression tree is too large",
+    "parser stack overflow",
+    "too many SQL variables",
+    "too many terms in compound SELECT",
+    "too many arguments on function",
+    "too many columns",
+)
+
+
+def _too_complex(error: Exception) -> bool:
+    cause = getattr(error, "orig", error)
+    if isinstance(cause, psycopg.Error):  # by SQLSTATE: StatementTooComplex is no subclass of
+        return (cause.sqlstate or "").startswith("54")  # ProgramLimitExceeded in psycopg
+    return isinstance(cause, sqlite3.OperationalError) and str(cause).startswith(
+        _SQLITE_TOO_COMPLEX
+    )
+
+
 def _nul_text(error: Exception) -> bool:
     """PostgreSQL refused a NUL character in text (psycopg raises it before sending)."""
     cause = getattr(error, "orig", error)
@@ -152,6 +175,10 @@ def install(app: FastAPI) -> None:
             return error_response(
                 request, 400, [Issue("invalid", "Text cannot contain NUL (0x00) characters")]
             )
+        if _too_complex(error):  # no retry helps: not the database being unavailable
+            log.warning("statement too complex: %s", getattr(error, "orig", error))
+            message = "The request is too complex for the database; use fewer values or parameters"
+            return error_response(request, 400, [Issue("too-costly", message)])
         if not _transient(error):
             return await _unexpected(request, error)
         log.warning("database unavailable: %s", error.__class__.__name__)

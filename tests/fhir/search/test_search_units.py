@@ -3,6 +3,7 @@ expressions and what a resource is indexed under."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,16 @@ import pytest
 from vitasync_fhir.auth import audit
 from vitasync_fhir.auth.policy import Caller
 from vitasync_fhir.fhir.outcomes import FhirError
-from vitasync_fhir.fhir.search import dates, fhirpath, index, paging, params, registry, values
+from vitasync_fhir.fhir.search import (
+    dates,
+    fhirpath,
+    index,
+    paging,
+    params,
+    registry,
+    summary,
+    values,
+)
 
 
 def _us(*args: int) -> int:
@@ -289,3 +299,74 @@ def test_repeated_elements_give_the_rows_a_walk_gives() -> None:
     bp = dict(BLOOD_PRESSURE, subject={"reference": "Patient/p9"})
     for resource in (BLOOD_PRESSURE, bp, BLOOD_PRESSURE):
         assert index.extract("Observation", resource) == _walked("Observation", resource)
+
+
+# -- _summary and _elements ------------------------------------------------------------------------
+
+
+def _kept(resource: dict, **options: object) -> set[str]:
+    trimmed = summary.trim(json.dumps(resource), resource["resourceType"], **options)  # type: ignore[arg-type]
+    return set(json.loads(trimmed)) - {"resourceType", "id", "meta"}
+
+
+def test_elements_keep_choice_types_but_not_names_that_only_start_alike() -> None:
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": "r1",
+        "status": "final",
+        "code": {"text": "panel"},
+        "effectiveDateTime": "2020-01-01",
+        "conclusion": "fine",
+        "conclusionCode": [{"text": "fine"}],
+    }
+    assert _kept(report, summary=None, elements=["conclusion"]) == {"conclusion", "status", "code"}
+    assert _kept(report, summary=None, elements=["effective"]) >= {"effectiveDateTime"}
+    assert "effectiveDateTime" in _kept(report, summary="true", elements=None)  # effective[x]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "valueQuantity": {"value": 1},
+        "_valueQuantity": {"id": "v"},
+    }
+    for name in ("value", "value[x]", "valueQuantity"):
+        assert _kept(observation, summary=None, elements=[name]) == {
+            "status",
+            "code",
+            "valueQuantity",
+            "_valueQuantity",
+        }
+    verification = {"resourceType": "VerificationResult", "status": "validated"}
+    verification["statusDate"] = "2020-01-01T00:00:00Z"
+    assert _kept(verification, summary=None, elements=["target"]) == {"status"}
+    coverage = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "subscriber": {"reference": "Patient/1"},
+        "subscriberId": "s-1",
+        "beneficiary": {"reference": "Patient/1"},
+        "payor": [{"reference": "Organization/1"}],
+    }
+    assert "subscriberId" not in _kept(coverage, summary=None, elements=["subscriber"])
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [
+        ("100", 99.5, 100.5),
+        ("100.0", 99.95, 100.05),
+        ("1e2", 50, 150),  # one significant figure: a unit of the last is 100
+        ("1.0e2", 95, 105),
+        ("1.00e2", 99.5, 100.5),  # three significant figures, as 100
+        ("0.5e1", 4.5, 5.5),
+    ],
+)
+def test_exponent_numbers_take_their_significant_figures_from_the_mantissa(
+    text: str, low: float, high: float
+) -> None:
+    number = params.parse_number("n", text)
+    assert (number.value, number.low, number.high) == (
+        pytest.approx(float(text)),
+        pytest.approx(low),
+        pytest.approx(high),
+    )

@@ -6,7 +6,8 @@
 - fhirpath.py: the definitions' expressions compiled into path walkers (fhirpathpy for the rest).
 - values.py, dates.py: FHIR values as index values; dates as [low, high) ranges, UTC by default.
 - tables.py: the index tables and resource_compartments; index.py: write_indexes() and reindex().
-- params.py: a query string read and checked; query.py: all search SQL; paging.py: cursors;
+- params.py: a query string read and checked; query.py: all search SQL, with boolean.py for AND
+  and OR of many clauses; paging.py: cursors;
   summary.py: _summary and _elements; service.py: the searchset Bundle and match_ids();
   routes.py: the HTTP routes.
 """

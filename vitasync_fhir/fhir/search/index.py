@@ -16,6 +16,7 @@ from sqlalchemy import Table, and_, delete, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir import config
 from vitasync_fhir.db import Database, mark_written, unit_of_work
 from vitasync_fhir.fhir import bulk
 from vitasync_fhir.fhir.search import fhirpath, registry, values
@@ -97,12 +98,15 @@ _MEMO_SIZE = 4096
 _MEMO_KEY_BYTES = 1024
 
 
-def extract(resource_type: str, resource: dict) -> Rows:
-    """Index values of one resource: {table name: {row tuple without the key columns}}."""
+def extract(resource_type: str, resource: dict, *, base: str = "") -> Rows:
+    """Index values of one resource: {table name: {row tuple without the key columns}}.
+
+    `base` is the server's FHIR base: a reference written with it is indexed as the relative
+    `Type/id` it stands for (values.local_reference)."""
     rows: Rows = {name: set() for name in INDEX_TABLES}
     for roots, group in _groups(resource_type):
         if roots is None:
-            _extract(group, resource, rows)
+            _extract(group, resource, rows, base)
             continue
         if len(roots) == 1:
             parts = resource.get(roots[0])
@@ -117,13 +121,13 @@ def extract(resource_type: str, resource: dict) -> Rows:
         except TypeError:  # a value JSON cannot hold (a Decimal, say): walk it
             blob = b""
         if not blob or len(blob) > _MEMO_KEY_BYTES:
-            _extract(group, resource, rows)
+            _extract(group, resource, rows, base)
             continue
-        key = (resource_type, roots, blob)
+        key = (resource_type, roots, blob, base)
         found = _MEMO.get(key)
         if found is None:
             alone: Rows = {name: set() for name in INDEX_TABLES}
-            _extract(group, resource, alone)
+            _extract(group, resource, alone, base)
             found = tuple((name, row) for name, part in alone.items() for row in part)
             if len(_MEMO) >= _MEMO_SIZE:
                 _MEMO.clear()
@@ -133,13 +137,17 @@ def extract(resource_type: str, resource: dict) -> Rows:
     return rows
 
 
-def _extract(group: Iterable[_Plan], resource: dict, rows: Rows) -> None:
+def _extract(group: Iterable[_Plan], resource: dict, rows: Rows, base: str = "") -> None:
     for plan in group:
         if plan.type == "composite":
-            _composite(plan, resource, rows["composite"])
+            _composite(plan, resource, rows["composite"], base)
             continue
         found = plan.walk(resource, resource)
-        if found:
+        if not found:
+            continue
+        if plan.type == "reference":
+            _add_reference(plan.code, found, rows, base)
+        else:
             _ADD[plan.type](plan.code, found, rows)
 
 
@@ -183,10 +191,10 @@ def _add_quantity(code: str, found: list, rows: Rows) -> None:
             out.add((code, *row))
 
 
-def _add_reference(code: str, found: list, rows: Rows) -> None:
+def _add_reference(code: str, found: list, rows: Rows, base: str) -> None:
     out, tokens = rows["reference"], rows["token"]
     for value, kind in found:
-        refs, identifiers = values.reference_rows(value, kind)
+        refs, identifiers = values.reference_rows(value, kind, base)
         for target_type, target_id, url in refs:
             out.add((code, target_type, target_id, url))
         for system, token, _ in identifiers:
@@ -207,12 +215,11 @@ _ADD: dict[str, Callable[[str, list, Rows], None]] = {
     "date": _add_date,
     "number": _add_number,
     "quantity": _add_quantity,
-    "reference": _add_reference,
     "uri": _add_uri,
 }
 
 
-def component_values(kind: str, found: list) -> list[tuple]:
+def component_values(kind: str, found: list, base: str = "") -> list[tuple]:
     """One composite component's values as (system, code, value, low, high)."""
     out: list[tuple] = []
     for value, type_code in found:
@@ -235,17 +242,19 @@ def component_values(kind: str, found: list) -> list[tuple]:
         elif kind == "number":
             out.extend((None, None, n, None, None) for (n,) in values.number_rows(value, type_code))
         elif kind == "reference":
-            refs = values.reference_rows(value, type_code)[0]
+            refs = values.reference_rows(value, type_code, base)[0]
             out.extend((t, i or u, None, None, None) for t, i, u in refs)
         elif kind == "uri":
             out.extend((None, u, None, None, None) for (u,) in values.uri_rows(value, type_code))
     return out
 
 
-def _composite(plan: _Plan, resource: dict, out: set[tuple]) -> None:
+def _composite(plan: _Plan, resource: dict, out: set[tuple], base: str) -> None:
     for walker, components in plan.components:
         for node, _kind in walker(resource):
-            parts = [component_values(kind, walk(node, resource)) for kind, walk in components]
+            parts = [
+                component_values(kind, walk(node, resource), base) for kind, walk in components
+            ]
             if not all(parts):
                 continue
             for combination in itertools.product(*parts):
@@ -327,26 +336,36 @@ async def write_indexes(
     replaced = [item for item in items if (item[0], item[1]) not in created] if created else items
     if replaced:
         await _delete_rows(session, replaced)
-    for table, rows in index_rows(items):
+    for table, rows in index_rows(items, base=fhir_base(session)):
         await bulk.copy_rows(session, table, rows)
 
 
 def write_new_indexes(
     connection: Connection, items: Sequence[tuple[str, str, dict | None]]
 ) -> None:
-    """The index rows of new resources, on a synchronous connection (the audit trail's)."""
-    for table, rows in index_rows(items):
+    """The index rows of new resources, on a synchronous connection (the audit trail's), which
+    carries no settings: references are read against the configured FHIR base."""
+    for table, rows in index_rows(items, base=config.settings.fhir_base):
         bulk.copy_rows_sync(connection, table, rows)
 
 
-def index_rows(items: Sequence[tuple[str, str, dict | None]]) -> list[tuple[Table, list[tuple]]]:
+def fhir_base(session: AsyncSession) -> str:
+    """The FHIR base of the app a session belongs to (a Database puts its settings in every
+    session's info), else the configured one."""
+    found = session.info.get("settings")
+    return (found if isinstance(found, config.Settings) else config.settings).fhir_base
+
+
+def index_rows(
+    items: Sequence[tuple[str, str, dict | None]], *, base: str
+) -> list[tuple[Table, list[tuple]]]:
     """Each index table (and the compartment table) with the rows of `items`, keys included."""
     inserts: dict[str, list[tuple]] = {name: [] for name in INDEX_TABLES}
     compartment_rows: list[tuple] = []
     for resource_type, resource_id, resource in items:
         if resource is None:
             continue
-        rows = extract(resource_type, resource)
+        rows = extract(resource_type, resource, base=base)
         key = (resource_type, resource_id)
         for name, found in rows.items():
             if found:

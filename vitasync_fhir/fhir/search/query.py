@@ -43,6 +43,7 @@ from sqlalchemy.sql import FromClause
 
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.search import dates, registry
+from vitasync_fhir.fhir.search.boolean import all_of, any_of
 from vitasync_fhir.fhir.search.params import (
     ANY_SYSTEM,
     CompositeValue,
@@ -78,7 +79,7 @@ DENSE_SOURCES = 2000
 DENSE_SHARE = 0.25
 DENSE_SAMPLE = 500
 DENSE_CAP = 100_000
-_INCLUDE_ROUNDS = 5
+INCLUDE_ROUNDS = 5  # rounds of included resources: the first, then `:iterate` ones
 
 
 # -- the one place that selects resources ----------------------------------------------------------
@@ -142,11 +143,12 @@ def criterion_clause(
     if code == "_id":
         if c.missing is not None:
             return false() if c.missing else true()
-        return r.c.id.in_([v.code for v in c.values])
+        ids = [v.code for v in c.values]
+        return r.c.id.not_in(ids) if c.modifier == "not" else r.c.id.in_(ids)
     if code == "_lastUpdated":
         if c.missing is not None:
             return false() if c.missing else true()
-        return or_(*[_instant_clause(v, r.c.last_updated) for v in c.values])
+        return any_of([_instant_clause(v, r.c.last_updated) for v in c.values])
     if c.has is not None:
         return _has_clause(c, r, types, restrict)
     if c.chain:
@@ -155,7 +157,7 @@ def criterion_clause(
     t = table.alias()
     if c.missing is not None:
         return _lacks(r, t, param, true()) if c.missing else _member(r, types, t, param, true())
-    where = or_(*[value_clause(c, v, t) for v in c.values])
+    where = values_clause(c, t)
     if c.modifier == "not":
         return _lacks(r, t, param, where)
     return _member(r, types, t, param, where)
@@ -180,7 +182,7 @@ def _chain_clause(
             *clauses, criterion_clause(inner, target, (target_type,), restrict=restrict)
         )
         alternatives.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(matched)))
-    return _member(r, types, ref, c.param.code, or_(*alternatives))
+    return _member(r, types, ref, c.param.code, any_of(alternatives))
 
 
 def _has_sources(c: Criterion, restrict: Restrict | None, *, of: Any = None) -> Select:
@@ -194,7 +196,7 @@ def _has_sources(c: Criterion, restrict: Restrict | None, *, of: Any = None) -> 
     if _sources_indexed(c, restrict):
         table, param = _index_of(inner)
         t = table.alias()
-        value = or_(*[value_clause(inner, v, t) for v in inner.values])
+        value = values_clause(inner, t)
         if of is None:
             return select(t.c.resource_id).where(
                 t.c.resource_type == source_type, t.c.param == param, value
@@ -342,6 +344,46 @@ def compartment_clause(r: FromClause, types: Types, patient_id: str) -> ColumnEl
 
 
 # -- values ---------------------------------------------------------------------------------------
+
+
+def values_clause(c: Criterion, t: FromClause) -> ColumnElement[bool]:
+    """Any of the values of `c` on the index rows `t`. Values that are plain equalities of one
+    shape (codes of one system, ids of one target type, urls) become one IN list, which any
+    number of values keeps shallow and both databases answer from the index."""
+    groups: dict[tuple, list[Any]] = {}
+    others: list[ColumnElement[bool]] = []
+    for v in c.values:
+        shape = _equality_shape(c, v)
+        if shape is None:
+            others.append(value_clause(c, v, t))
+        else:
+            groups.setdefault(shape, []).append(v)
+    listed = [
+        _equal_to_any(c, shape, found, t) if len(found) > 1 else value_clause(c, found[0], t)
+        for shape, found in groups.items()
+    ]
+    return any_of([*listed, *others])
+
+
+def _equality_shape(c: Criterion, v: Any) -> tuple | None:
+    """What an equality value shares with the others it can be listed with, or None."""
+    if isinstance(v, TokenValue) and c.modifier in (None, "not", "identifier") and v.code:
+        return ("token", v.system)
+    if isinstance(v, ReferenceValue) and c.param.type == "reference":
+        return ("url",) if v.url is not None else ("reference", v.type)
+    return None
+
+
+def _equal_to_any(c: Criterion, shape: tuple, found: list[Any], t: FromClause) -> Any:
+    if shape[0] == "token":
+        system = shape[1]
+        codes = t.c.code.in_([v.code for v in found])
+        if system is ANY_SYSTEM:
+            return codes
+        return and_(codes, t.c.system.is_(None) if system is None else t.c.system == system)
+    if shape[0] == "url":
+        return t.c.url.in_([v.url for v in found])
+    return _of_target_type(c, shape[1], t.c.target_id.in_([v.id for v in found]), t.c.target_type)
 
 
 def value_clause(c: Criterion, v: Any, t: FromClause) -> ColumnElement[bool]:
@@ -511,9 +553,15 @@ def reference_clause(
 ) -> ColumnElement[bool]:
     if v.url is not None:
         return url == v.url if url is not None else false()
-    clause = target_id == v.id
-    if v.type is not None:
-        return and_(clause, target_type == v.type)
+    return _of_target_type(c, v.type, target_id == v.id, target_type)
+
+
+def _of_target_type(
+    c: Criterion, kind: str | None, clause: ColumnElement[bool], target_type: Any
+) -> ColumnElement[bool]:
+    """`clause` on references to a `kind` (None: to any type `c` may refer to)."""
+    if kind is not None:
+        return and_(clause, target_type == kind)
     allowed = c.target_types or c.param.targets
     if allowed and len(allowed) < len(resource_types()):
         return and_(clause, target_type.in_(allowed))
@@ -729,7 +777,7 @@ def _filter_row_sort(
     sort value looked up per match had to be read for every match first."""
     table, param = _index_of(group[0])
     t = table.alias()
-    clauses.extend(or_(*[value_clause(c, v, t) for v in c.values]) for c in group)
+    clauses.append(all_of([values_clause(c, t) for c in group]))
     joined = r.join(
         t,
         and_(t.c.resource_type == types[0], t.c.resource_id == r.c.id, t.c.param == param),
@@ -741,7 +789,7 @@ def _filter_row_sort(
 def _same_row(group: list[Criterion], r: FromClause, types: Types) -> ColumnElement[bool]:
     table, param = _index_of(group[0])
     t = table.alias()
-    where = and_(*[or_(*[value_clause(c, v, t) for v in c.values]) for c in group])
+    where = all_of([values_clause(c, t) for c in group])
     return _member(r, types, t, param, where)
 
 
@@ -938,6 +986,14 @@ async def _referring(
     return out
 
 
+@dataclass
+class Included:
+    rows: list[Any]  # (resource_type, id, content) of the included resources
+    # The includes that found more than was added, each with why: "limit" (more resources than
+    # a page may include) or "rounds" (`:iterate` still finding resources after the last round).
+    cut: dict[Include, str]
+
+
 async def included(
     session: AsyncSession,
     found: Sequence[tuple[str, str]],
@@ -946,26 +1002,68 @@ async def included(
     restrict: Restrict | None,
     limit: int,
 ) -> list[Any]:
+    """The rows of `gather_included`, for callers that report no cut."""
+    return (await gather_included(session, found, includes, restrict=restrict, limit=limit)).rows
+
+
+async def gather_included(
+    session: AsyncSession,
+    found: Sequence[tuple[str, str]],
+    includes: Sequence[Include],
+    *,
+    restrict: Restrict | None,
+    limit: int,
+) -> Included:
     """Resources that `_include` / `_revinclude` add to the matches `found`: every include on the
-    matches, then the `:iterate` ones on what was added, until nothing new comes (or `limit`)."""
+    matches, then the `:iterate` ones on what was added, until nothing new comes. At most `limit`
+    resources in INCLUDE_ROUNDS rounds: `cut` names the includes that would have added more."""
     seen = set(found)
     out: list[Any] = []
+    cut: dict[Include, str] = {}
     frontier = list(found)
     active = list(includes)
-    for _round in range(_INCLUDE_ROUNDS):
-        fresh: list[tuple[str, str]] = []
+    for round_ in range(INCLUDE_ROUNDS + 1):
+        fresh: dict[tuple[str, str], Include] = {}  # new keys, each with the include that found it
         for include in active:
             step = _referring if include.reverse else _referenced
             for key in await step(session, include, frontier):
                 if key not in seen:
                     seen.add(key)
-                    fresh.append(key)
+                    fresh[key] = include
         if not fresh:
             break
-        rows = await fetch_resources(session, fresh[: max(limit - len(out), 0)], restrict=restrict)
+        keys = list(fresh)
+        room = 0 if round_ == INCLUDE_ROUNDS else limit - len(out)
+        rows = await _visible(session, keys, room + 1, restrict=restrict)
+        if len(rows) > room:  # a visible resource left out: from there on, all are
+            first = keys.index((rows[room].resource_type, rows[room].id))
+            reason = "rounds" if round_ == INCLUDE_ROUNDS else "limit"
+            for key in keys[first:]:
+                cut.setdefault(fresh[key], reason)
+            out.extend(rows[:room])
+            break
         out.extend(rows)
         frontier = [(row.resource_type, row.id) for row in rows]
         active = [i for i in includes if i.iterate]
-        if not active or len(out) >= limit:
+        if not active:
             break
-    return out
+    return Included(out, cut)
+
+
+async def _visible(
+    session: AsyncSession,
+    keys: Sequence[tuple[str, str]],
+    wanted: int,
+    *,
+    restrict: Restrict | None,
+) -> list[Any]:
+    """The first `wanted` current resources of `keys` that `restrict` lets through, in order:
+    asked for exactly, then (when some were deleted or hidden) a chunk at a time."""
+    rows: list[Any] = []
+    position = 0
+    while position < len(keys) and len(rows) < wanted:
+        size = wanted - len(rows) if position == 0 else max(wanted - len(rows), _CHUNK)
+        chunk = keys[position : position + size]
+        position += len(chunk)
+        rows.extend(await fetch_resources(session, chunk, restrict=restrict))
+    return rows[:wanted]

@@ -20,7 +20,8 @@ from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome
 from vitasync_fhir.fhir.responses import bundle, bundle_entry, dumps
 from vitasync_fhir.fhir.search import paging, query
-from vitasync_fhir.fhir.search.params import Query, parse_query, shapes_result
+from vitasync_fhir.fhir.search.index import fhir_base
+from vitasync_fhir.fhir.search.params import Include, Query, parse_query, shapes_result
 from vitasync_fhir.fhir.search.query import Restrict
 from vitasync_fhir.fhir.search.summary import trim
 
@@ -117,10 +118,12 @@ async def search(
     entries = [_entry(settings, row, q, "match") for row in page.rows]
     if q.includes and page.rows:
         found = [(row.resource_type, row.id) for row in page.rows]
-        extra = await query.included(
+        extra = await query.gather_included(
             session, found, q.includes, restrict=restrict, limit=settings.max_page_size
         )
-        entries.extend(_entry(settings, row, q, "include") for row in extra)
+        entries.extend(_entry(settings, row, q, "include") for row in extra.rows)
+        cut = [_cut_issue(include, why, settings) for include, why in extra.cut.items()]
+        issues = _outcome_entries([*q.ignored, *cut])
     return bundle(bundle_type="searchset", entries=[*entries, *issues], total=total, links=links)
 
 
@@ -179,10 +182,25 @@ def _entry(settings: Settings, row: Sequence, q: Query, mode: str) -> str:
     )
 
 
-def _outcome_entries(ignored: Sequence[Issue]) -> list[str]:
-    if not ignored:
+def _outcome_entries(issues: Sequence[Issue]) -> list[str]:
+    """One OperationOutcome entry (search.mode outcome) with every issue of the search, if any:
+    parameters ignored in lenient handling, includes cut."""
+    if not issues:
         return []
-    return [bundle_entry(resource=dumps(outcome(ignored)), search_mode="outcome")]
+    return [bundle_entry(resource=dumps(outcome(issues)), search_mode="outcome")]
+
+
+def _cut_issue(include: Include, why: str, settings: Settings) -> Issue:
+    if why == "rounds":
+        reason = f"iterating stops after {query.INCLUDE_ROUNDS} rounds"
+    else:
+        reason = f"a page includes at most {settings.max_page_size} resources"
+    return Issue(
+        "incomplete",
+        f"{include.name}={include.value}: {reason}; the resources beyond are left out",
+        severity="warning",
+        expression=include.name,
+    )
 
 
 async def match_ids(
@@ -205,7 +223,7 @@ async def match_ids(
             f"Parameter {extras[0]} cannot select resources for a conditional interaction",
             expression=extras[0],
         )
-    q = parse_query((resource_type,), pairs, base="", max_count=limit)
+    q = parse_query((resource_type,), pairs, base=fhir_base(session), max_count=limit)
     if not q.criteria:
         raise FhirError(400, "invalid", f"The condition {query_string!r} has no search criteria")
     return await query.match_ids(session, resource_type, q.criteria, limit=limit, restrict=restrict)

@@ -7,11 +7,14 @@ specification asks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from functools import cache
 
 import orjson
 
 from vitasync_fhir.fhir.search import registry
+from vitasync_fhir.fhir.validation import choice_siblings
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -19,75 +22,33 @@ SUBSETTED = {
     "display": "Resource encoded in summary mode",
 }
 _ALWAYS = ("resourceType", "id", "meta")
-# The types a choice element's name can end in: `value` is `valueQuantity`, `valueString`, ...
-_CHOICE_TYPES = frozenset(
-    {
-        "Base64Binary",
-        "Boolean",
-        "Canonical",
-        "Code",
-        "Date",
-        "DateTime",
-        "Decimal",
-        "Id",
-        "Instant",
-        "Integer",
-        "Markdown",
-        "Oid",
-        "PositiveInt",
-        "String",
-        "Time",
-        "UnsignedInt",
-        "Uri",
-        "Url",
-        "Uuid",
-        "Address",
-        "Age",
-        "Annotation",
-        "Attachment",
-        "CodeableConcept",
-        "Coding",
-        "ContactPoint",
-        "Count",
-        "Distance",
-        "Duration",
-        "HumanName",
-        "Identifier",
-        "Money",
-        "Period",
-        "Quantity",
-        "Range",
-        "Ratio",
-        "Reference",
-        "SampledData",
-        "Signature",
-        "Timing",
-        "ContactDetail",
-        "Contributor",
-        "DataRequirement",
-        "Expression",
-        "ParameterDefinition",
-        "RelatedArtifact",
-        "TriggerDefinition",
-        "UsageContext",
-        "Dosage",
-        "Meta",
-    }
-)
 
 
-def _matches(key: str, names: Iterable[str]) -> bool:
-    plain = key[1:] if key.startswith("_") else key
-    for name in names:
-        stem = name.removesuffix("[x]")
-        if plain == stem or (plain.startswith(stem) and plain[len(stem) :] in _CHOICE_TYPES):
-            return True
-    return False
+@cache
+def _choice_of(resource_type: str, key: str) -> str | None:
+    """The choice element `key` is one type of ("value" for "valueQuantity"), from the R4
+    definitions; None when `key` is no choice type. Every R4 choice has two types or more, and
+    each type's name starts with a capital, which marks where the element's name ends."""
+    siblings = choice_siblings(resource_type, key)
+    if not siblings:
+        return None
+    members = (key, *siblings)
+    stem = os.path.commonprefix(members)
+    while stem and not all(m[len(stem) : len(stem) + 1].isupper() for m in members):
+        stem = stem[:-1]
+    return stem or None
 
 
-def _keep(resource: dict, names: Iterable[str]) -> dict:
-    wanted = set(names) | set(_ALWAYS)
-    return {k: v for k, v in resource.items() if _matches(k, wanted)}
+def _keep(resource: dict, resource_type: str, names: Iterable[str]) -> dict:
+    """The elements of `resource` named in `names` (a choice by its name, `value` or `value[x]`,
+    keeps whichever type the resource has), with the ones always kept; `_x` goes with `x`."""
+    wanted = {name.removesuffix("[x]") for name in names} | set(_ALWAYS)
+    out = {}
+    for key, value in resource.items():
+        plain = key[1:] if key.startswith("_") else key
+        if plain in wanted or _choice_of(resource_type, plain) in wanted:
+            out[key] = value
+    return out
 
 
 def _tagged(resource: dict) -> dict:
@@ -107,11 +68,15 @@ def trim(
         return content
     resource = orjson.loads(content)
     if summary == "true":
-        resource = _keep(resource, registry.summary_elements(resource_type))
+        resource = _keep(resource, resource_type, registry.summary_elements(resource_type))
     elif summary == "text":
-        resource = _keep(resource, ("text", *registry.mandatory_elements(resource_type)))
+        resource = _keep(
+            resource, resource_type, ("text", *registry.mandatory_elements(resource_type))
+        )
     elif summary == "data":
         resource = {k: v for k, v in resource.items() if k != "text"}
     elif elements:
-        resource = _keep(resource, (*elements, *registry.mandatory_elements(resource_type)))
+        resource = _keep(
+            resource, resource_type, (*elements, *registry.mandatory_elements(resource_type))
+        )
     return orjson.dumps(_tagged(resource)).decode()

@@ -190,21 +190,32 @@ def quantity_rows(value: Any, type_code: str) -> list[tuple]:
 # -- reference, uri -------------------------------------------------------------------------------
 
 
-def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]:
-    """(target type, target id, url): a relative `Type/id` is local; anything else is a url."""
+def local_reference(reference: str, base: str) -> str:
+    """`reference` without the server's FHIR `base` (settings.fhir_base) when it starts with it:
+    `<base>/Patient/1` is the same reference as `Patient/1` (R4 search, reference). The one place
+    that decides what an absolute reference to this server is."""
+    if base and reference.startswith(base) and reference[len(base) : len(base) + 1] == "/":
+        return reference[len(base) + 1 :]
+    return reference
+
+
+def parse_reference(reference: str, base: str = "") -> tuple[str | None, str | None, str | None]:
+    """(target type, target id, url): a relative `Type/id` is local, and so is one written with
+    this server's FHIR `base`; anything else is a url."""
     if reference.startswith("#"):
         return None, None, None
-    if "://" in reference or reference.startswith("urn:"):
+    local = local_reference(reference, base) if "://" in reference else reference
+    if "://" in local or local.startswith("urn:"):
         return None, None, reference
-    path = reference.split("/_history/", 1)[0]
-    parts = path.split("/")
+    parts = local.split("/_history/", 1)[0].split("/")
     if len(parts) == 2 and parts[0][:1].isupper() and parts[1]:
         return parts[0], parts[1], None
     return None, None, reference
 
 
-def reference_rows(value: Any, type_code: str) -> tuple[list[tuple], list[tuple]]:
-    """([(target type, target id, url)], [(system, value, None)] of Reference.identifier)."""
+def reference_rows(value: Any, type_code: str, base: str = "") -> tuple[list[tuple], list[tuple]]:
+    """([(target type, target id, url)], [(system, value, None)] of Reference.identifier);
+    `base` is the server's FHIR base, which references may be written with."""
     if isinstance(value, str):
         return [(None, None, value)], []
     if not isinstance(value, dict):
@@ -212,7 +223,7 @@ def reference_rows(value: Any, type_code: str) -> tuple[list[tuple], list[tuple]
     rows = []
     reference = value.get("reference")
     if isinstance(reference, str):
-        target_type, target_id, url = parse_reference(reference)
+        target_type, target_id, url = parse_reference(reference, base)
         if target_id or url:
             rows.append((target_type, target_id, url))
     identifiers = []
