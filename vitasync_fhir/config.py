@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./var"), description="Keys, outbox and exports")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, description="Largest request body")
+    max_bundle_entries: int = Field(
+        default=10_000, description="Most entries a batch or transaction posted to /fhir may hold"
+    )
     default_page_size: int = Field(default=20, description="_count when a search gives none")
     max_page_size: int = Field(default=1000, description="Largest _count honoured")
     history_page_size: int = Field(default=50, description="Entries per history page")

@@ -214,6 +214,19 @@ def test_bad_bundles_are_400(client):
     assert unknown.status_code == 404
 
 
+def test_a_bundle_past_the_entry_limit_is_413_before_any_entry_runs(client):
+    limit = client.app.state.settings.max_bundle_entries
+    empty = [{}] * (limit + 1)
+    for kind in ("batch", "transaction"):
+        answer = client.post("/fhir", json=tx(*empty, kind=kind), headers=FHIR_JSON)
+        assert answer.status_code == 413, answer.text[:300]
+        assert f"at most {limit}" in answer.json()["issue"][0]["diagnostics"]
+    before = stored_count(client)
+    over = [post(patient())] * (limit + 1)
+    assert client.post("/fhir", json=tx(*over, kind="batch"), headers=FHIR_JSON).status_code == 413
+    assert stored_count(client) == before
+
+
 def test_conditional_references_and_creates_resolve_inside_the_transaction(client):
     pid = create(client, patient(identifier="TX-1"))["id"]
     bundle = tx(
@@ -300,3 +313,224 @@ def test_a_conditional_delete_in_a_transaction_is_seen_by_its_conditional_create
     assert created["response"]["status"] == "201 Created"
     assert deleted["response"]["status"] == "204 No Content"
     assert client.get(f"/fhir/Patient/{old}").status_code == 410
+
+
+def binary_patch(operations: list) -> dict:
+    data = base64.b64encode(orjson.dumps(operations)).decode()
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
+
+
+def located(entry: dict) -> str:
+    return entry["response"]["location"].replace("http://testserver", "").split("/_history")[0]
+
+
+def test_a_patch_entry_gets_its_references_resolved(client):
+    old = create(client, patient(family="Old"))["id"]
+    create(client, patient(identifier="PATCH-REF"))
+    obs = create(client, observation(patient_ref=f"Patient/{old}"))["id"]
+    new = "urn:uuid:7a1c0d4e-0000-4000-8000-000000000001"
+    ops = [
+        {"op": "replace", "path": "/subject", "value": {"reference": new}},
+        {
+            "op": "add",
+            "path": "/performer",
+            "value": [{"reference": "Patient?identifier=urn:test:mrn|PATCH-REF"}],
+        },
+    ]
+    bundle = tx(
+        post(patient(family="New"), new),
+        {
+            "resource": binary_patch(ops),
+            "request": {"method": "PATCH", "url": f"Observation/{obs}"},
+        },
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    made, patched = answer.json()["entry"]
+    stored = client.get(f"/fhir/Observation/{obs}").json()
+    assert stored["subject"]["reference"] == located(made)[len("/fhir/") :]
+    assert stored["performer"][0]["reference"].startswith("Patient/")
+    assert "?" not in stored["performer"][0]["reference"]
+    assert patched["response"]["status"] == "200 OK"
+
+
+def test_full_urls_are_replaced_in_uri_elements_and_narrative_links(client):
+    doc = "urn:uuid:7a1c0d4e-0000-4000-8000-000000000002"
+    div = (
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href="urn:uuid:7a1c0d4e-0000-4000-8000-'
+        '000000000002">the scan</a><img src="urn:uuid:7a1c0d4e-0000-4000-8000-000000000002"/>'
+        "</div>"
+    )
+    reference = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "description": f"kept as written: {doc}",
+        "text": {"status": "generated", "div": div},
+        "content": [{"attachment": {"contentType": "text/plain", "url": doc}}],
+    }
+    binary = {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="}
+    answer = client.post("/fhir", json=tx(post(reference), post(binary, doc)), headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    made, stored_binary = answer.json()["entry"]
+    target = located(stored_binary)[len("/fhir/") :]
+    assert target.startswith("Binary/")
+    stored = client.get(located(made)).json()
+    assert stored["content"][0]["attachment"]["url"] == target
+    assert f'href="{target}"' in stored["text"]["div"]
+    assert f'src="{target}"' in stored["text"]["div"]
+    assert "urn:uuid" not in stored["text"]["div"]
+    assert stored["description"] == f"kept as written: {doc}"
+
+
+def test_a_batch_answers_searches_as_a_top_level_search(client, anonymous, signed_in):
+    own = create(client, patient(family="Searched"))["id"]
+    other = create(client, patient(family="Searched"))["id"]
+    create(client, observation(patient_ref=f"Patient/{other}"))
+    search = {"request": {"method": "GET", "url": "Patient?family=Searched"}}
+    answer = client.post("/fhir", json=tx(search, kind="batch"), headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    (entry,) = answer.json()["entry"]
+    assert entry["response"]["status"] == "200 OK"
+    assert entry["resource"]["type"] == "searchset"
+    assert {e["resource"]["id"] for e in entry["resource"]["entry"]} == {own, other}
+    unknown = tx({"request": {"method": "GET", "url": "Patient?nonsense=1"}}, kind="batch")
+    for prefer, status in (("", "400"), ("handling=lenient", "200 OK")):
+        answer = client.post("/fhir", json=unknown, headers={**FHIR_JSON, "Prefer": prefer})
+        assert answer.json()["entry"][0]["response"]["status"] == status, answer.text
+    # A patient sees only their own record, as in a search at the top level.
+    me = signed_in(role="patient", patient_id=own)
+    observations = {"request": {"method": "GET", "url": "Observation"}}
+    mine = anonymous.post(
+        "/fhir", json=tx(search, observations, kind="batch"), headers={**me, **FHIR_JSON}
+    )
+    assert mine.status_code == 200, mine.text
+    patients, found = mine.json()["entry"]
+    assert [e["resource"]["id"] for e in patients["resource"]["entry"]] == [own]
+    assert found["resource"].get("entry", []) == []
+    # A role that may not search a type is refused that entry alone.
+    pharmacist = signed_in(role="pharmacist")
+    refused = anonymous.post(
+        "/fhir", json=tx(observations, search, kind="batch"), headers={**pharmacist, **FHIR_JSON}
+    )
+    assert refused.status_code == 200, refused.text
+    statuses = [e["response"]["status"] for e in refused.json()["entry"]]
+    assert statuses == ["403", "200 OK"]
+
+
+def test_a_transaction_search_sees_the_transactions_writes(client):
+    bundle = tx(
+        {"request": {"method": "GET", "url": "Patient?family=Fresh"}},
+        post(patient(family="Fresh")),
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    found, made = answer.json()["entry"]
+    assert [e["resource"]["id"] for e in found["resource"]["entry"]] == [
+        located(made).split("/")[-1]
+    ]
+
+
+def test_an_unsupported_url_fails_only_its_batch_entry(client):
+    pid = create(client, patient())["id"]
+    bundle = tx(
+        {"request": {"method": "GET", "url": f"Patient/{pid}/$everything"}},
+        {"request": {"method": "GET", "url": "Patient/a/b/c/d/e"}},
+        {"request": {"method": "POST", "url": "Patient"}},
+        post(patient(family="StillMade")),
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+        kind="batch",
+    )
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "400",
+        "400",
+        "400",
+        "201 Created",
+        "200 OK",
+    ]
+    for entry in entries[:3]:
+        assert entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert "fullUrl" not in entry
+    assert "$everything" in entries[0]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert entries[4]["resource"]["id"] == pid
+    as_transaction = client.post("/fhir", json={**bundle, "type": "transaction"}, headers=FHIR_JSON)
+    assert as_transaction.status_code == 400
+
+
+def test_a_delete_of_what_never_existed_is_204_in_a_bundle(client):
+    for kind in ("transaction", "batch"):
+        bundle = tx(
+            {"request": {"method": "DELETE", "url": "Patient/never-made"}},
+            post(patient(family=f"Beside{kind}")),
+            kind=kind,
+        )
+        answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+        assert answer.status_code == 200, answer.text
+        statuses = [e["response"]["status"] for e in answer.json()["entry"]]
+        assert statuses == ["204 No Content", "201 Created"]
+    assert client.get("/fhir/Patient/never-made/_history").status_code == 404
+
+
+def test_conditional_reads_in_a_bundle(client):
+    made = client.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+    pid, modified = made.json()["id"], made.json()["meta"]["lastUpdated"]
+
+    def read(**condition: str) -> dict:
+        return {"request": {"method": "GET", "url": f"Patient/{pid}", **condition}}
+
+    bundle = tx(
+        read(ifNoneMatch='W/"1"'),
+        read(ifNoneMatch='W/"2"'),
+        read(ifModifiedSince=modified),
+        read(ifModifiedSince="2001-01-01T00:00:00Z"),
+        kind="batch",
+    )
+    for kind in ("batch", "transaction"):
+        answer = client.post("/fhir", json={**bundle, "type": kind}, headers=FHIR_JSON)
+        assert answer.status_code == 200, answer.text
+        entries = answer.json()["entry"]
+        statuses = [e["response"]["status"] for e in entries]
+        assert statuses == ["304 Not Modified", "200 OK", "304 Not Modified", "200 OK"], kind
+        assert [("resource" in e) for e in entries] == [False, True, False, True]
+        assert entries[0]["response"]["etag"] == 'W/"1"'
+
+
+def test_bundle_entries_answer_as_prefer_asks(client):
+    doomed = create(client, patient())["id"]
+
+    def entries(kind: str, prefer: str | None) -> list[dict]:
+        bundle = tx(
+            post(patient(family="Preferred")),
+            {"request": {"method": "DELETE", "url": f"Patient/{doomed}"}},
+            kind=kind,
+        )
+        headers = {**FHIR_JSON, **({"Prefer": prefer} if prefer else {})}
+        answer = client.post("/fhir", json=bundle, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["entry"]
+
+    for kind in ("batch", "transaction"):
+        for prefer in (None, "return=minimal"):
+            assert not any(
+                "resource" in e or "outcome" in e["response"] for e in entries(kind, prefer)
+            )
+        made, deleted = entries(kind, "return=representation")
+        assert made["resource"]["name"][0]["family"] == "Preferred"
+        assert made["resource"]["id"] == located(made).split("/")[-1]
+        assert "resource" not in deleted
+        made, deleted = entries(kind, "return=OperationOutcome")
+        assert "resource" not in made
+        (issue,) = made["response"]["outcome"]["issue"]
+        assert issue["severity"] == "information" and issue["diagnostics"].startswith("Created")
+        assert deleted["response"]["outcome"]["issue"][0]["code"] == "informational"
+
+
+def test_a_failed_batch_entry_names_no_new_resource(client):
+    bundle = tx(post(observation(patient_ref="Patient/x", status="bogus")), kind="batch")
+    answer = client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    (entry,) = answer.json()["entry"]
+    assert entry["response"]["status"] == "422"
+    assert "fullUrl" not in entry and "location" not in entry["response"]

@@ -6,6 +6,9 @@ import uuid
 
 import orjson
 from factories import FHIR_JSON, create, observation, patient
+from support import auth_headers
+
+from vitasync_fhir.auth import tokens
 
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 
@@ -165,7 +168,6 @@ def test_unknown_type_and_id(client):
     missing = client.get("/fhir/Patient/does-not-exist")
     assert missing.status_code == 404
     assert outcome_code(missing) == "not-found"
-    assert client.delete("/fhir/Patient/does-not-exist").status_code == 404
     assert (
         client.post(
             "/fhir/Nonsense", json={"resourceType": "Nonsense"}, headers=FHIR_JSON
@@ -462,3 +464,38 @@ def test_conditional_delete(client):
     create(client, patient(identifier="D-2"))
     assert client.delete("/fhir/Patient?identifier=urn:test:mrn|D-2").status_code == 412
     assert client.delete("/fhir/Patient?bogus=1").status_code == 400
+
+
+def test_deleting_what_never_existed_is_204_and_writes_nothing(client):
+    answer = client.delete("/fhir/Patient/never-made")
+    assert answer.status_code == 204, answer.text
+    assert "etag" not in answer.headers
+    assert client.get("/fhir/Patient/never-made/_history").status_code == 404
+    stale = client.delete("/fhir/Patient/never-made", headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    made = client.put("/fhir/Patient/never-made", json=patient(id="never-made"), headers=FHIR_JSON)
+    assert made.status_code == 201 and made.json()["meta"]["versionId"] == "1"
+
+
+def test_a_delete_tells_no_hidden_resource_from_none(client, anonymous, settings):
+    mine = create(client, patient(family="Mine"))["id"]
+    theirs = create(client, patient(family="Theirs"))["id"]
+    hidden = create(client, observation(patient_ref=f"Patient/{theirs}"))["id"]
+    account = auth_headers(settings, role="doctor")
+    claims = tokens.decode_access_token(settings, account["Authorization"].split()[1])
+    limited = tokens.issue_access_token(
+        settings, subject=claims["sub"], scope="patient/*.cruds", patient=mine
+    )
+    doctor = {"Authorization": f"Bearer {limited.token}"}
+    answers = [
+        anonymous.delete(f"/fhir/Observation/{rid}", headers={**doctor, **prefer})
+        for rid in (hidden, "never-made")
+        for prefer in ({}, {"Prefer": "return=OperationOutcome"})
+    ]
+    assert [a.status_code for a in answers] == [204, 200, 204, 200]
+    assert answers[0].headers.get("etag") is None and answers[2].headers.get("etag") is None
+    assert answers[1].json() == answers[3].json()
+    assert client.get(f"/fhir/Observation/{hidden}").json()["meta"]["versionId"] == "1"
+    nurse = auth_headers(settings, role="nurse")  # may not delete Observations at all
+    for rid in (hidden, "never-made"):
+        assert anonymous.delete(f"/fhir/Observation/{rid}", headers=nurse).status_code == 403

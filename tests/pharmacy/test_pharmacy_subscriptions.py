@@ -251,7 +251,8 @@ def test_a_subscription_is_its_owners_alone(client, settings, signed_in, receive
         assert [e["resource"]["id"] for e in own["entry"]] == [mine["id"]]
         changed = {**mine, "status": "off"}
         assert client.put(path, json=changed, headers={**FHIR_JSON, **south}).status_code == 404
-        assert client.delete(path, headers=south).status_code == 404
+        assert client.delete(path, headers=south).status_code == 204  # as if never made
+        assert client.get(path, headers=north).status_code == 200  # and not deleted
         assert client.put(path, json=changed, headers={**FHIR_JSON, **north}).status_code == 200
         assert client.delete(path, headers=north).status_code == 204
     finally:

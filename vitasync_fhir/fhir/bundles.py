@@ -3,14 +3,22 @@
 A transaction runs in the request's single unit of work, so any failure rolls back every entry.
 Entries are processed in the order the specification gives (DELETE, POST, PUT/PATCH, GET);
 `urn:uuid:` and other fullUrls are resolved to the ids they get, and conditional references are
-resolved inside the same database transaction. A batch runs each entry in its own unit of work.
+resolved inside the same database transaction. Links to an entry are replaced wherever they are
+(http.html#trules): references, any string equal to its fullUrl (uri, url, oid, uuid elements),
+and href/src in the narrative; created, updated and patched resources alike.
+
+A batch runs each entry in its own unit of work; an entry that fails, even one whose request
+cannot be read, answers its own error and the others still run. GET entries read (answering 304
+to ifNoneMatch / ifModifiedSince as a single read does) or search, through the same access checks
+as at the top level. `Prefer: return=` shapes the write entries' answers; by default they carry
+neither the resource nor an OperationOutcome.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from dataclasses import dataclass, field
+import re
+from urllib.parse import parse_qsl
 
 import orjson
 import psycopg
@@ -18,12 +26,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import SYSTEM, Access
+from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database, unit_of_work
 from vitasync_fhir.fhir import outcomes
+from vitasync_fhir.fhir.bundle_entries import PHASE, Entry, at_entry, patch_operations
+from vitasync_fhir.fhir.headers import Preference, not_modified
 from vitasync_fhir.fhir.models import is_resource_type
-from vitasync_fhir.fhir.outcomes import FhirError, Issue
+from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
-from vitasync_fhir.fhir.search.service import match_ids
+from vitasync_fhir.fhir.search import service as search_service
+from vitasync_fhir.fhir.search.service import Search, match_ids
 from vitasync_fhir.fhir.service import (
     Resources,
     apply_patch,
@@ -37,43 +49,8 @@ from vitasync_fhir.fhir.store import Version, VersionConflict, Write
 
 log = logging.getLogger(__name__)
 
-PHASE = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
-JSON_PATCH = "application/json-patch+json"
-
-
-@dataclass
-class Entry:
-    index: int
-    method: str
-    resource_type: str
-    resource_id: str | None
-    query: str | None
-    vid: str | None
-    full_url: str | None
-    resource: dict | None
-    if_match: str | None
-    if_none_exist: str | None
-    existing: Version | None = None
-    response: dict = field(default_factory=dict)
-    body: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"Bundle.entry[{self.index}]"
-
-
-def _fail(entry_index: int, error: FhirError) -> FhirError:
-    issues = [
-        Issue(
-            code=i.code,
-            severity=i.severity,
-            diagnostics=f"Bundle.entry[{entry_index}]: {i.diagnostics}",
-            expression=f"Bundle.entry[{entry_index}]"
-            + (f".resource.{i.expression}" if i.expression else ""),
-        )
-        for i in error.issues
-    ]
-    return FhirError(error.status, issues[0].code, issues[0].diagnostics, issues=issues)
+# href="..." / src='...' in narrative XHTML: the links http.html#trules has rewritten there.
+_NARRATIVE_LINK = re.compile(r"""(?<![\w-])((?:href|src)\s*=\s*)(["'])(.*?)\2""")
 
 
 def _conditional_reference(reference: str) -> tuple[str, str]:
@@ -86,83 +63,6 @@ def _conditional_reference(reference: str) -> tuple[str, str]:
             "a conditional reference needs a resource type: Type?criteria"
         )
     return resource_type, query
-
-
-def _parse_url(url: str, base: str) -> tuple[str, str | None, str | None, str | None]:
-    """(type, id, version, query) of an entry's request url."""
-    if url.startswith(base):
-        url = url[len(base) :]
-    path, _, query = url.lstrip("/").partition("?")
-    parts = [p for p in path.split("/") if p]
-    if not parts:
-        raise outcomes.bad_request(f"request.url {url!r} names no resource type")
-    resource_type = parts[0]
-    resource_id = parts[1] if len(parts) > 1 else None
-    vid = parts[3] if len(parts) == 4 and parts[2] == "_history" else None
-    if len(parts) > 2 and vid is None:
-        raise outcomes.bad_request(f"request.url {url!r} is not a supported interaction")
-    return resource_type, resource_id, vid, query or None
-
-
-def parse_entries(data: object, base: str) -> tuple[str, list[Entry]]:
-    if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
-        raise outcomes.bad_request("POST to the base takes a Bundle of type batch or transaction")
-    kind = data.get("type")
-    if kind not in ("batch", "transaction"):
-        raise outcomes.bad_request(
-            f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type"
-        )
-    raw = data.get("entry", [])
-    if not isinstance(raw, list):
-        raise outcomes.bad_request("Bundle.entry must be an array", expression="Bundle.entry")
-    entries = []
-    named: dict[str, int] = {}
-    for index, item in enumerate(raw):
-        try:
-            entry = _entry(index, item, base)
-            if entry.full_url in named:  # a reference to it could mean either entry
-                raise outcomes.bad_request(
-                    f"fullUrl {entry.full_url} is also entry {named[entry.full_url]}'s"
-                )
-        except FhirError as error:
-            raise _fail(index, error) from None
-        if entry.full_url:
-            named[entry.full_url] = index
-        entries.append(entry)
-    return kind, entries
-
-
-def _entry(index: int, item: object, base: str) -> Entry:
-    if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
-        raise outcomes.bad_request("each entry needs a request with method and url")
-    request = item["request"]
-    method, url = request.get("method"), request.get("url")
-    if method not in PHASE or not isinstance(url, str):
-        raise outcomes.bad_request(f"request.method {method!r} / url {url!r} is not supported")
-    resource_type, resource_id, vid, query = _parse_url(url, base)
-    resource = item.get("resource")
-    if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
-        raise outcomes.bad_request(f"a {method} entry needs a resource")
-    if method == "POST" and (resource_id or query):
-        raise outcomes.bad_request("a POST entry's url is the resource type alone")
-    if method in ("PUT", "PATCH", "DELETE") and not (resource_id or query):
-        raise outcomes.bad_request(f"a {method} entry's url needs an id or search criteria")
-    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
-        if request.get(name) is not None and not isinstance(request[name], str):
-            raise outcomes.bad_request(f"request.{name} must be a string")
-    full_url = item.get("fullUrl")
-    return Entry(
-        index=index,
-        method=method,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        query=query,
-        vid=vid,
-        full_url=full_url if isinstance(full_url, str) else None,
-        resource=resource if isinstance(resource, dict) else None,
-        if_match=request.get("ifMatch"),
-        if_none_exist=request.get("ifNoneExist"),
-    )
 
 
 def _response(status: str, version: Version | None, base: str) -> dict:
@@ -178,31 +78,27 @@ def _response(status: str, version: Version | None, base: str) -> dict:
     return answer
 
 
-def _patch_operations(resource: dict) -> list:
-    """JSON Patch operations carried in a Binary, as FHIR transactions carry them."""
-    if resource.get("resourceType") != "Binary" or resource.get("contentType") != JSON_PATCH:
-        raise outcomes.bad_request("a PATCH entry carries a Binary of application/json-patch+json")
-    try:
-        operations = orjson.loads(base64.b64decode(resource.get("data", ""), validate=True))
-    except (TypeError, ValueError, orjson.JSONDecodeError):
-        raise outcomes.bad_request("the Binary's data is not a base64 JSON Patch") from None
-    if not isinstance(operations, list):
-        raise outcomes.bad_request("a JSON Patch is an array of operations")
-    return operations
-
-
 class Transaction:
     """One transaction Bundle, processed in the request's unit of work."""
 
     def __init__(
-        self, session: AsyncSession, base: str, entries: list[Entry], access: Access = SYSTEM
+        self,
+        session: AsyncSession,
+        settings: Settings,
+        entries: list[Entry],
+        access: Access = SYSTEM,
+        *,
+        prefer: Preference = Preference(),
     ) -> None:
         self.resources = Resources(session, access)
         self.session = session
-        self.base = base
+        self.settings = settings
+        self.base = settings.fhir_base
         self.entries = entries
+        self.prefer = prefer
         self.ids: dict[str, str] = {}
         self.conditional_refs: dict[str, str] = {}
+        self.needles: tuple[bytes, ...] | None = None
 
     async def run(self) -> str:
         ordered = sorted(self.entries, key=lambda e: (PHASE[e.method], e.index))
@@ -210,7 +106,7 @@ class Transaction:
             try:
                 check_type(entry.resource_type)
             except FhirError as error:
-                raise _fail(entry.index, error) from None
+                raise at_entry(entry.index, error) from None
         self._check_targets()
         for entry in ordered:
             await self._guard(entry, self._resolve(entry))
@@ -258,7 +154,7 @@ class Transaction:
         try:
             return await work
         except FhirError as error:
-            raise _fail(entry.index, error) from None
+            raise at_entry(entry.index, error) from None
 
     def _check_targets(self) -> None:
         seen: dict[tuple[str, str], int] = {}
@@ -267,7 +163,7 @@ class Transaction:
                 continue
             key = (entry.resource_type, entry.resource_id)
             if key in seen:
-                raise _fail(
+                raise at_entry(
                     entry.index,
                     outcomes.bad_request(
                         f"{key[0]}/{key[1]} is also changed by entry {seen[key]}; "
@@ -287,6 +183,7 @@ class Transaction:
                     entry.resource_type, entry.resource_id or "", if_match=entry.if_match
                 )
             entry.response = _response("204 No Content", version, self.base)
+            entry.note = outcomes.deleted(version is not None)
             return
         if entry.method == "POST":
             if entry.if_none_exist:
@@ -306,6 +203,7 @@ class Transaction:
         assert entry.resource is not None and entry.resource_id is not None
         if entry.method == "POST" and entry.existing is not None:
             entry.response = _response("200 OK", entry.existing, self.base)
+            _wrote(entry, entry.existing, created=False)
             return None
         current = currents.get((entry.resource_type, entry.resource_id))
         interaction = {"POST": "create", "PUT": "update", "PATCH": "patch"}[entry.method]
@@ -321,7 +219,9 @@ class Transaction:
         if entry.method == "PATCH":
             if current is None or current.content is None:
                 raise outcomes.not_found(f"{entry.resource_type}/{entry.resource_id} is not known")
-            data = apply_patch(current.content, _patch_operations(entry.resource))
+            data = await self._rewrite(
+                apply_patch(current.content, patch_operations(entry.resource))
+            )
         else:
             data = await self._rewrite(entry.resource)
         if entry.method == "POST":
@@ -340,21 +240,29 @@ class Transaction:
             if write is None:
                 entry.existing = current
                 entry.response = _response("200 OK", current, self.base)
+                _wrote(entry, current, created=False)
                 return None
         created = write.replaces is None or bool(current and current.deleted)
         entry.response = _response("201 Created" if created else "200 OK", write.version, self.base)
+        _wrote(entry, write.version, created=created)
         return write
 
     async def _rewrite(self, resource: dict) -> dict:
-        """The resource with every reference to a bundle entry or a search replaced by its id."""
+        """The resource with every link to a bundle entry, and every conditional reference,
+        replaced by the id it names."""
         text = orjson.dumps(resource)
-        if b'"reference"' not in text:
+        if self.needles is None:  # every entry has its id by now: _plan runs after _resolve
+            self.needles = tuple({_needle(full_url) for full_url in self.ids})
+        # Most resources of a large import hold no link at all: skip them without a walk.
+        if b'"reference"' not in text and not any(n in text for n in self.needles):
             return resource
         return await self._walk(resource, depth=0)
 
     async def _walk(self, node, depth: int):  # type: ignore[no-untyped-def]
         if depth > 64:
             raise FhirError(400, "too-costly", "The resource is nested too deeply")
+        if isinstance(node, str):  # uri, url, oid, uuid...: only a whole fullUrl is a link
+            return self.ids.get(node, node)
         if isinstance(node, list):
             return [await self._walk(item, depth + 1) for item in node]
         if not isinstance(node, dict):
@@ -363,9 +271,17 @@ class Transaction:
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 out[key] = await self._target(value)
+            elif key == "div" and isinstance(value, str):  # only Narrative has a div
+                out[key] = _NARRATIVE_LINK.sub(self._narrative_link, value)
             else:
                 out[key] = await self._walk(value, depth + 1)
         return out
+
+    def _narrative_link(self, match: re.Match[str]) -> str:
+        target = self.ids.get(match.group(3))
+        if target is None:
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}{target}{match.group(2)}"
 
     async def _target(self, reference: str) -> str:
         if reference in self.ids:
@@ -392,17 +308,38 @@ class Transaction:
         return reference
 
     async def _read(self, entry: Entry) -> None:
+        if entry.resource_id is None:
+            await self._search(entry)
+            return
         r = self.resources
-        if entry.query is not None or entry.resource_id is None:
-            raise FhirError(
-                400, "not-supported", "Searches inside a transaction are not supported; use a batch"
-            )
         if entry.vid:
             version = await r.vread(entry.resource_type, entry.resource_id, entry.vid)
         else:
             version = await r.read(entry.resource_type, entry.resource_id)
+        if not_modified(
+            version,
+            if_none_match=entry.if_none_match,
+            if_modified_since=entry.if_modified_since,
+        ):
+            entry.response = _response("304 Not Modified", version, self.base)
+            return
         entry.response = _response("200 OK", version, self.base)
         entry.body = version.content if entry.method == "GET" else None
+
+    async def _search(self, entry: Entry) -> None:
+        """The searchset a search of the type answers at the top level, through the same access
+        checks and audit (fhir/search/routes.py, `_answer`)."""
+        access, resource_type = self.resources.access, entry.resource_type
+        pairs = parse_qsl(entry.query or "", keep_blank_values=True)
+        search = Search((resource_type,), pairs, resource_type, lenient=self.prefer.lenient)
+        await access.require(resource_type, "search")
+        await access.settle_audit(search.types)
+        body = await search_service.search(
+            self.session, self.settings, search, restrict=access.restriction()
+        )
+        await access.audited(self.session, "search-type", resource_type, query=entry.query)
+        entry.response = {"status": "200 OK"}
+        entry.body = body if entry.method == "GET" else None
 
     def _answer(self) -> str:
         items = []
@@ -410,41 +347,87 @@ class Transaction:
             full_url = None
             if entry.resource_id and entry.method != "DELETE":
                 full_url = f"{self.base}/{entry.resource_type}/{entry.resource_id}"
-            items.append(
-                bundle_entry(full_url=full_url, resource=entry.body, response=entry.response)
-            )
+            items.append(_answered(entry, full_url, self.prefer))
         return bundle(bundle_type="transaction-response", entries=items)
 
 
+def _wrote(entry: Entry, version: Version, *, created: bool) -> None:
+    entry.written = version
+    entry.note = outcomes.written(version.resource_type, version.id, created=created)
+
+
+def _needle(full_url: str) -> bytes:
+    """A prefix of `full_url` as JSON text spells it (its scheme, or its base up to the type):
+    any resource linking to the entry holds it, and an entry's fullUrls share a few."""
+    head = full_url.rsplit("/", 2)[0] if "/" in full_url else full_url.rsplit(":", 1)[0]
+    return orjson.dumps(head)[1:-1]
+
+
+def _answered(entry: Entry, full_url: str | None, prefer: Preference) -> str:
+    """One response entry; a write's resource or outcome as `Prefer: return=` asks."""
+    resource, response = entry.body, entry.response
+    if prefer.returns == "representation" and entry.written is not None:
+        resource = entry.written.content
+    elif prefer.returns == "OperationOutcome" and entry.note is not None:
+        response = {**response, "outcome": entry.note}
+    return bundle_entry(full_url=full_url, resource=resource, response=response)
+
+
+def _failure(error: FhirError) -> dict:
+    return {"status": str(error.status), "outcome": outcomes.outcome(error.issues)}
+
+
 async def transaction(
-    session: AsyncSession, base: str, entries: list[Entry], access: Access = SYSTEM
+    session: AsyncSession,
+    settings: Settings,
+    entries: list[Entry],
+    access: Access = SYSTEM,
+    *,
+    prefer: Preference = Preference(),
 ) -> str:
-    return await Transaction(session, base, entries, access).run()
+    return await Transaction(session, settings, entries, access, prefer=prefer).run()
 
 
 async def batch(
-    database: Database, base: str, entries: list[Entry], access: Access = SYSTEM
+    database: Database,
+    entries: list[Entry],
+    access: Access = SYSTEM,
+    *,
+    prefer: Preference = Preference(),
 ) -> str:
     """Each entry on its own: one failing entry answers its error and the others still apply."""
+    base = database.settings.fhir_base
     items = []
     for entry in entries:
-        try:
-            async with database.sessions() as session:
-                async with unit_of_work(session):
-                    await Transaction(session, base, [entry], access).run_one(entry)
-        except FhirError as error:
-            entry.response = {
-                "status": str(error.status),
-                "outcome": outcomes.outcome(error.issues),
-            }
-        except (SQLAlchemyError, psycopg.Error, OSError):
-            raise  # the database: errors.py answers it (503 when it is away)
-        except Exception:  # noqa: BLE001 - a bug in one entry: the others' answers still count
-            log.exception("batch entry %s %s failed", entry.method, entry.resource_type)
-            issue = Issue("exception", "Internal server error")
-            entry.response = {"status": "500", "outcome": outcomes.outcome([issue])}
+        failure = (
+            _failure(entry.error)
+            if entry.error is not None
+            else await _alone(database, entry, access, prefer)
+        )
+        if failure is not None:  # names nothing: no resource was made or changed
+            items.append(bundle_entry(response=failure))
+            continue
         full_url = (
             f"{base}/{entry.resource_type}/{entry.resource_id}" if entry.resource_id else None
         )
-        items.append(bundle_entry(full_url=full_url, resource=entry.body, response=entry.response))
+        items.append(_answered(entry, full_url, prefer))
     return bundle(bundle_type="batch-response", entries=items)
+
+
+async def _alone(
+    database: Database, entry: Entry, access: Access, prefer: Preference
+) -> dict | None:
+    """Run one batch entry in its own unit of work; the response of its failure, if it fails."""
+    try:
+        async with database.sessions() as session:
+            async with unit_of_work(session):
+                work = Transaction(session, database.settings, [entry], access, prefer=prefer)
+                await work.run_one(entry)
+    except FhirError as error:
+        return _failure(error)
+    except (SQLAlchemyError, psycopg.Error, OSError):
+        raise  # the database: errors.py answers it (503 when it is away)
+    except Exception:  # noqa: BLE001 - a bug in one entry: the others' answers still count
+        log.exception("batch entry %s %s failed", entry.method, entry.resource_type)
+        return _failure(FhirError(500, "exception", "Internal server error"))
+    return None

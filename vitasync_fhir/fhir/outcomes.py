@@ -86,5 +86,15 @@ def information(diagnostics: str) -> dict:
     return outcome([Issue(code="informational", diagnostics=diagnostics, severity="information")])
 
 
+def written(resource_type: str, resource_id: str, *, created: bool) -> dict:
+    """What `Prefer: return=OperationOutcome` answers for a create or an update."""
+    return information(f"{'Created' if created else 'Updated'} {resource_type}/{resource_id}")
+
+
+def deleted(done: bool) -> dict:
+    """What `Prefer: return=OperationOutcome` answers for a delete."""
+    return information("Deleted" if done else "Nothing to delete")
+
+
 def dumps(value: object) -> str:
     return orjson.dumps(value).decode()

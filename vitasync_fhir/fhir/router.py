@@ -6,8 +6,7 @@ Routes here only translate HTTP to `service.Resources` calls and back.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import format_datetime
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -16,6 +15,8 @@ from fastapi.responses import Response
 from vitasync_fhir.auth.access import AccessDep
 from vitasync_fhir.db import ReadSessionDep, SessionDep
 from vitasync_fhir.fhir import bundles, capability, history, outcomes, paths  # noqa: F401 - registers fhirtype
+from vitasync_fhir.fhir.bundle_entries import parse_entries
+from vitasync_fhir.fhir.headers import not_modified, preference
 from vitasync_fhir.fhir.responses import fhir_response, require_json_body
 from vitasync_fhir.fhir.service import Resources, Saved, check_type, parse_json
 from vitasync_fhir.fhir.store import Version
@@ -44,36 +45,23 @@ def written(request: Request, saved: Saved) -> Response:
     """The answer to a create or update, shaped by the client's Prefer header."""
     status = 201 if saved.created else 200
     headers = version_headers(request, saved.version, location=True)
-    prefer = request.headers.get("prefer", "")
-    if "return=minimal" in prefer:
+    returns = preference(request.headers.get("prefer")).returns
+    if returns == "minimal":
         return fhir_response(request, None, status=status, headers=headers)
-    if "return=OperationOutcome" in prefer:
-        verb = "Created" if saved.created else "Updated"
-        body = outcomes.information(f"{verb} {saved.version.resource_type}/{saved.version.id}")
+    if returns == "OperationOutcome":
+        v = saved.version
+        body = outcomes.written(v.resource_type, v.id, created=saved.created)
         return fhir_response(request, outcomes.dumps(body), status=status, headers=headers)
     return fhir_response(request, saved.version.content, status=status, headers=headers)
 
 
-def _not_modified(request: Request, version: Version) -> bool:
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None:
-        tags = {t.strip() for t in if_none_match.split(",")}
-        return version.etag in tags or f'"{version.version_id}"' in tags or "*" in tags
-    since = request.headers.get("if-modified-since")
-    if since:
-        try:
-            moment: datetime = parsedate_to_datetime(since)
-        except (TypeError, ValueError):
-            return False
-        if moment.tzinfo is None:  # "-0000": a time in UTC whose source zone is unknown
-            moment = moment.replace(tzinfo=UTC)
-        return version.last_updated.replace(microsecond=0) <= moment
-    return False
-
-
 def read_answer(request: Request, version: Version) -> Response:
     headers = version_headers(request, version)
-    if _not_modified(request, version):
+    if not_modified(
+        version,
+        if_none_match=request.headers.get("if-none-match"),
+        if_modified_since=request.headers.get("if-modified-since"),
+    ):
         return Response(status_code=304, headers=headers)
     return fhir_response(request, version.content, headers=headers)
 
@@ -241,9 +229,9 @@ def _condition(request: Request) -> str:
 
 def _deleted(request: Request, version: Version | None) -> Response:
     headers = {"ETag": version.etag} if version else {}
-    if "return=OperationOutcome" in request.headers.get("prefer", ""):
-        text = "Deleted" if version else "Nothing to delete"
-        return fhir_response(request, outcomes.dumps(outcomes.information(text)), headers=headers)
+    if preference(request.headers.get("prefer")).returns == "OperationOutcome":
+        body = outcomes.deleted(version is not None)
+        return fhir_response(request, outcomes.dumps(body), headers=headers)
     return Response(status_code=204, headers=headers)
 
 
@@ -253,10 +241,11 @@ async def batch_or_transaction(
 ) -> Response:
     """Process a batch or transaction Bundle."""
     data = await _body(request)
-    base = request.app.state.settings.fhir_base
-    kind, entries = bundles.parse_entries(data, base)
+    settings = request.app.state.settings
+    prefer = preference(request.headers.get("prefer"))
+    kind, entries = parse_entries(data, settings.fhir_base, limit=settings.max_bundle_entries)
     if kind == "transaction":
-        text = await bundles.transaction(session, base, entries, access)
+        text = await bundles.transaction(session, settings, entries, access, prefer=prefer)
     else:
-        text = await bundles.batch(request.app.state.db, base, entries, access)
+        text = await bundles.batch(request.app.state.db, entries, access, prefer=prefer)
     return fhir_response(request, text)

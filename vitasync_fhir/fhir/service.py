@@ -231,14 +231,19 @@ class Resources:
         await self.access.require(
             resource_type, interaction, resource_id=current.id if current else None
         )
-        if current is not None and current.deleted:
-            await self.require_visible_deletion(current, interaction)
-        elif current is not None:
-            await self.access.require_visible(
-                resource_type, current.id, current.content, interaction
-            )
+        if current is not None:
+            await self._require_seen(current, interaction)
         if resource is not None:
             await self.access.require_writable(resource_type, resource, interaction)
+
+    async def _require_seen(self, current: Version, interaction: str) -> None:
+        """404 unless the caller may see `current` (a tombstone: the version it deleted)."""
+        if current.deleted:
+            await self.require_visible_deletion(current, interaction)
+        else:
+            await self.access.require_visible(
+                current.resource_type, current.id, current.content, interaction
+            )
 
     @staticmethod
     def plan_create(resource_type: str, data: dict, *, resource_id: str | None = None) -> Write:
@@ -367,16 +372,24 @@ class Resources:
     async def delete(
         self, resource_type: str, resource_id: str, *, if_match: str | None = None
     ) -> Version | None:
-        """Delete; None when the resource was already deleted."""
+        """Delete; None when there was nothing to delete (http.html#delete: 204 either way).
+
+        Never made, already deleted or hidden from the caller all answer alike, so a delete
+        cannot probe whether a resource the caller may not see exists; a hidden one stays.
+        """
         check_type(resource_type)
         await self.access.require(resource_type, "delete", resource_id=resource_id)
         expected = parse_etag(if_match) if if_match else None
         current = await self.store.current(resource_type, resource_id, for_update=True)
-        if current is None:
-            raise outcomes.not_found(f"{resource_type}/{resource_id} is not known")
-        await self.permit_write(resource_type, None, "delete", current)
+        try:
+            if current is not None:
+                await self._require_seen(current, "delete")
+        except FhirError as error:
+            if error.status != 404:
+                raise
+            current = None  # hidden: as if never made (the refusal is audited all the same)
         _check_precondition(current, expected, resource_type, resource_id)
-        if current.deleted:
+        if current is None or current.deleted:
             return None
         write = self.plan_delete(current)
         try:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.db import Database, mark_written, unit_of_work
 from vitasync_fhir.fhir import bundles
+from vitasync_fhir.fhir.bundle_entries import parse_entries
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.importer.sources import Place, Problem, Unit, lines_unit, transaction_of
 from vitasync_fhir.importer.tables import import_progress
@@ -131,8 +132,10 @@ class Loader:
                 bundle = unit.bundle if unit.bundle is not None else _lines_bundle(unit)
                 async with self.database.sessions() as session:
                     async with unit_of_work(session):
-                        _, entries = bundles.parse_entries(bundle, self.base)
-                        await bundles.transaction(session, self.base, entries, self.access)
+                        _, entries = parse_entries(bundle, self.base)
+                        await bundles.transaction(
+                            session, self.database.settings, entries, self.access
+                        )
                         await _record(session, unit)
             except FhirError as error:
                 reason = "; ".join(i.diagnostics for i in error.issues) or error.code
