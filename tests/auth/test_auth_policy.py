@@ -201,7 +201,9 @@ def test_compartment_by_references() -> None:
         "resourceType": "Observation",
         "subject": {"reference": f"http://x/fhir/Patient/{ME}/_history/2"},
     }
-    assert policy.patients_of("Observation", absolute) == {ME}
+    assert policy.patients_of("Observation", absolute, base="http://x/fhir") == {ME}
+    # Another server's Patient with our patient's id is not our patient.
+    assert policy.patients_of("Observation", absolute, base="http://y/fhir") == set()
     lookalike = {"resourceType": "Observation", "subject": {"reference": f"Group/{ME}"}}
     assert policy.patients_of("Observation", lookalike) == set()
     assert may_see(

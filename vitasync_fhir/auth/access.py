@@ -66,6 +66,11 @@ class Access:
     def is_system(self) -> bool:
         return self.caller is None
 
+    @property
+    def base(self) -> str:
+        """This server's FHIR base, for references written with it (none known: relative only)."""
+        return self.database.settings.fhir_base if self.database is not None else ""
+
     # -- decisions ---------------------------------------------------------------------------
 
     async def require(
@@ -108,7 +113,7 @@ class Access:
         return (
             self.caller is None
             or content is None
-            or policy.may_touch(self.caller, resource_type, content, interaction)
+            or policy.may_touch(self.caller, resource_type, content, interaction, base=self.base)
         )
 
     def limited(self, resource_types: Iterable[str], interaction: str) -> bool:
@@ -130,7 +135,7 @@ class Access:
     async def require_writable(self, resource_type: str, resource: dict, interaction: str) -> None:
         """403 unless the caller may write this content (e.g. into their own compartment only)."""
         if self.caller is None or policy.may_touch(
-            self.caller, resource_type, resource, interaction
+            self.caller, resource_type, resource, interaction, base=self.base
         ):
             return
         await self.record_denial(resource_type, interaction, resource.get("id"))

@@ -27,6 +27,7 @@ from vitasync_fhir.auth.scopes import Scope
 # (resource_type, resource_id, compartment_type, compartment_id): the Patient compartments of
 # every current resource, kept by the search indexer; a Patient is in its own compartment.
 from vitasync_fhir.fhir.search.tables import resource_compartments
+from vitasync_fhir.fhir.search.values import local_reference
 
 Role = Literal["admin", "doctor", "nurse", "patient", "pharmacist"]
 ROLES: tuple[Role, ...] = ("admin", "doctor", "nurse", "patient", "pharmacist")
@@ -350,55 +351,65 @@ def _compartment_clause(resource_type: str, patient_id: str) -> Restriction:
     return clause
 
 
-def may_see(caller: Caller, resource_type: str, resource: dict | str | bytes) -> bool:
+def may_see(
+    caller: Caller, resource_type: str, resource: dict | str | bytes, *, base: str = ""
+) -> bool:
     """Whether `caller` may read this one already-loaded resource."""
-    return may_touch(caller, resource_type, resource, "read")
+    return may_touch(caller, resource_type, resource, "read", base=base)
 
 
 def may_touch(
-    caller: Caller, resource_type: str, resource: dict | str | bytes, interaction: str
+    caller: Caller,
+    resource_type: str,
+    resource: dict | str | bytes,
+    interaction: str,
+    *,
+    base: str = "",
 ) -> bool:
     """Whether `caller` may perform `interaction` on this resource (for writes: its new content).
 
     A caller limited to one patient reads what is in that patient's compartment, shared or not,
     but writes only what is in no other patient's: an Appointment a patient books may not list
-    another patient, who would then see it, be e-mailed about it, and have it in their record."""
+    another patient, who would then see it, be e-mailed about it, and have it in their record.
+    `base` is this server's FHIR base: a reference with it is ours; another server's Patient/1 is
+    not our Patient/1."""
     decision = decide(caller, resource_type, interaction)
     if not decision.allowed:
         return False
     if decision.patient_id is None:
         return True
     data = orjson.loads(resource) if isinstance(resource, (str, bytes)) else resource
-    patients = patients_of(resource_type, data)
+    patients = patients_of(resource_type, data, base=base)
     if interaction in CONTENT_WRITES:
         return patients == {decision.patient_id}
     return decision.patient_id in patients
 
 
-def patients_of(resource_type: str, resource: dict) -> set[str]:
+def patients_of(resource_type: str, resource: dict, *, base: str = "") -> set[str]:
     """The ids of the patients whose compartment `resource` is in."""
     found: set[str] = set()
     if resource_type == "Patient" and isinstance(resource.get("id"), str):
         found.add(resource["id"])
     for path in compartment_paths().get(resource_type, ()):
         for value in _walk(resource, path.split(".")):
-            patient = patient_of(value)
+            patient = patient_of(value, base=base)
             if patient:
                 found.add(patient)
     return found
 
 
-_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_PATIENT_REF = re.compile(r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?")
 
 
-def patient_of(value: object) -> str | None:
-    """The patient id of a Reference to a Patient (relative or absolute), else None."""
+def patient_of(value: object, *, base: str = "") -> str | None:
+    """The patient id of a Reference to one of our Patients (relative, or with our FHIR `base`,
+    as the search index reads it), else None."""
     if not isinstance(value, dict):
         return None
     reference = value.get("reference")
     if not isinstance(reference, str):
         return None
-    match = _PATIENT_REF.search(reference)
+    match = _PATIENT_REF.fullmatch(local_reference(reference, base))
     return match.group(1) if match else None
 
 

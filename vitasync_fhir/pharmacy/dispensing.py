@@ -116,7 +116,7 @@ async def _check_one(
         await access.record_denial("MedicationRequest", "read", prescription_id)
         _unknown(prescription_id)
     request = orjson.loads(request_version.content)
-    _check_patient(request, write.resource or {}, prescription_id)
+    _check_patient(request, write.resource or {}, prescription_id, access.base)
     status = request.get("status")
     if status != "active":
         word = "already filled" if status == FILLED else f"{status}, not active"
@@ -150,12 +150,12 @@ def _unknown(prescription_id: str) -> NoReturn:
     )
 
 
-def _check_patient(request: dict, dispense: dict, prescription_id: str) -> None:
+def _check_patient(request: dict, dispense: dict, prescription_id: str, base: str) -> None:
     """422 when the dispense is for another patient than the prescription's: a fill of one
     patient's prescription must not be handed to (and use up the fills for) someone else."""
     prescribed, dispensed = (
-        patient_of(request.get("subject")),
-        patient_of(dispense.get("subject")),
+        patient_of(request.get("subject"), base=base),
+        patient_of(dispense.get("subject"), base=base),
     )
     if prescribed and dispensed and prescribed != dispensed:
         raise FhirError(

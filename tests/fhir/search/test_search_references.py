@@ -92,6 +92,26 @@ def test_a_patient_finds_what_refers_to_them_with_our_base(
     assert [e["resource"]["id"] for e in found.json().get("entry", [])] == [ours["id"]]
 
 
+def test_another_servers_patient_with_the_same_id_is_not_ours(
+    client: TestClient, signed_in: Callable[..., dict[str, str]]
+) -> None:
+    """Read by id and search agree: a record about https://elsewhere/.../Patient/<our id> is
+    another server's patient's, not in our patient's compartment, and hidden from them."""
+    patient = create(client, {"resourceType": "Patient", "name": [{"family": "Owner"}]})
+    foreign = f"https://ehr.elsewhere.example/fhir/Patient/{patient['id']}"
+    theirs = create(client, observation(foreign, "foreign"))
+    me = signed_in(role="patient", patient_id=patient["id"])
+    assert client.get(f"/fhir/Observation/{theirs['id']}", headers=me).status_code == 404
+    found = client.get("/fhir/Observation", params={"_id": theirs["id"]}, headers=me)
+    assert found.json().get("entry", []) == []
+    written = client.post(
+        "/fhir/Observation",
+        json=observation(foreign, "mine?"),
+        headers={**me, "Content-Type": "application/fhir+json"},
+    )
+    assert written.status_code == 403  # a patient writes only into their own compartment
+
+
 def test_references_are_indexed_without_our_base() -> None:
     base = "http://server.example/fhir"
     assert values.parse_reference(f"{base}/Patient/1", base) == ("Patient", "1", None)
