@@ -328,16 +328,15 @@ class Transaction:
 
     async def _search(self, entry: Entry) -> None:
         """The searchset a search of the type answers at the top level, through the same access
-        checks and audit (fhir/search/routes.py, `_answer`)."""
-        access, resource_type = self.resources.access, entry.resource_type
+        checks and audit (search.service.search_for)."""
         pairs = parse_qsl(entry.query or "", keep_blank_values=True)
-        search = Search((resource_type,), pairs, resource_type, lenient=self.prefer.lenient)
-        await access.require(resource_type, "search")
-        await access.settle_audit(search.types)
-        body = await search_service.search(
-            self.session, self.settings, search, restrict=access.restriction()
+        search = Search(
+            (entry.resource_type,), pairs, entry.resource_type, lenient=self.prefer.lenient
         )
-        await access.audited(self.session, "search-type", resource_type, query=entry.query)
+        access = self.resources.access
+        body = await search_service.search_for(
+            access, self.session, self.settings, search, query=entry.query
+        )
         entry.response = {"status": "200 OK"}
         entry.body = body if entry.method == "GET" else None
 

@@ -45,17 +45,8 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
 async def _answer(
     request: Request, session: ReadSessionDep, access: Access, search: Search
 ) -> Response:
-    if len(search.types) == 1:
-        await access.require(search.types[0], "search")
-    await access.settle_audit(search.types)
-    body = await service.search(
-        session, request.app.state.settings, search, restrict=access.restriction()
-    )
-    action = "search-system" if search.system else "search-type"
-    types = search.types
-    await access.audited(
-        session, action, types[0] if len(types) == 1 else None, query=request.url.query or None
-    )
+    settings = request.app.state.settings
+    body = await service.search_for(access, session, settings, search, query=request.url.query)
     return fhir_response(request, body)
 
 

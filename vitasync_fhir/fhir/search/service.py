@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome
@@ -68,6 +69,22 @@ def _signature(q: Query) -> str:
 def _link(settings: Settings, path: str, pairs: Sequence[tuple[str, str]]) -> str:
     base = settings.fhir_base + ("/" + path if path else "")
     return base + ("?" + urlencode(list(pairs)) if pairs else "")
+
+
+async def search_for(
+    access: Access, session: AsyncSession, settings: Settings, request: Search, *, query: str | None
+) -> str:
+    """A search as a caller makes it, at the top level or in a Bundle entry: the role may search
+    the type, AuditEvents wait for the trail, results are limited to what the caller may see,
+    and the search is audited with its query text."""
+    if len(request.types) == 1:
+        await access.require(request.types[0], "search")
+    await access.settle_audit(request.types)
+    body = await search(session, settings, request, restrict=access.restriction())
+    action = "search-system" if request.system else "search-type"
+    only = request.types[0] if len(request.types) == 1 else None
+    await access.audited(session, action, only, query=query or None)
+    return body
 
 
 async def search(
