@@ -6,6 +6,7 @@ them instead of being parsed and serialized again.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 
 import orjson
@@ -47,6 +48,29 @@ def response_media_type(request: Request) -> str:
     if "application/json" in types and FHIR_JSON not in types:
         return "application/json"
     return FHIR_JSON
+
+
+def wants_native(request: Request, content_type: object) -> bool:
+    """Whether a read of a Binary should answer its content as is (R4 binary.html: a read that
+    does not ask for a FHIR format gets the native content): the client names the Binary's own
+    media type (or its family, `image/*`) and no JSON. `*/*` or no Accept gets the resource."""
+    if request.query_params.get("_format") is not None or not isinstance(content_type, str):
+        return False
+    accept = request.headers.get("accept", "")
+    types = _media_types(accept) if accept else []
+    if not types or any(t in _ACCEPTABLE for t in types):
+        return False
+    own = content_type.split(";")[0].strip().lower()
+    return any(t == own or (t.endswith("/*") and own.startswith(t[:-1])) for t in types)
+
+
+def native_response(resource: dict, headers: Mapping[str, str]) -> Response:
+    """A Binary's content with its own Content-Type. Sandboxed and never sniffed: content a
+    client uploaded must not run as a page of this server's origin."""
+    data = resource.get("data")
+    content = base64.b64decode(data) if isinstance(data, str) else b""
+    safe = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+    return Response(content, media_type=resource["contentType"], headers={**headers, **safe})
 
 
 def require_json_body(

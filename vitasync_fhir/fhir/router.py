@@ -9,6 +9,7 @@ from __future__ import annotations
 from email.utils import format_datetime
 from urllib.parse import quote
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -17,7 +18,12 @@ from vitasync_fhir.db import ReadSessionDep, SessionDep
 from vitasync_fhir.fhir import bundles, capability, history, outcomes, paths  # noqa: F401 - registers fhirtype
 from vitasync_fhir.fhir.bundle_entries import parse_entries
 from vitasync_fhir.fhir.headers import not_modified, preference
-from vitasync_fhir.fhir.responses import fhir_response, require_json_body
+from vitasync_fhir.fhir.responses import (
+    fhir_response,
+    native_response,
+    require_json_body,
+    wants_native,
+)
 from vitasync_fhir.fhir.service import Resources, Saved, check_type, parse_json
 from vitasync_fhir.fhir.store import Version
 
@@ -63,6 +69,10 @@ def read_answer(request: Request, version: Version) -> Response:
         if_modified_since=request.headers.get("if-modified-since"),
     ):
         return Response(status_code=304, headers=headers)
+    if version.resource_type == "Binary" and version.content is not None:
+        binary = orjson.loads(version.content)
+        if wants_native(request, binary.get("contentType")):
+            return native_response(binary, headers)
     return fhir_response(request, version.content, headers=headers)
 
 
