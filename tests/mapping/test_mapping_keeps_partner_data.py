@@ -321,3 +321,20 @@ def test_a_changed_code_drops_the_display_and_translations_of_the_old_one():
         {"system": "urn:oid:1.2.36.1.2001.1005.17", "code": "FLUVAX"},
         {"system": "http://hl7.org/fhir/sid/cvx", "code": "141"},
     ]
+
+
+def test_clearing_what_an_item_needs_removes_the_item_not_just_the_field():
+    stored = {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": {"text": "Suture"},
+        "subject": {"reference": "Patient/p1"},
+        "note": [{"text": "first", "authorString": "Dr A"}, {"text": "second"}],
+        "performer": [{"actor": {"reference": "Practitioner/d1"}, "function": {"text": "surgeon"}}],
+    }
+    cleared = edit("procedures", stored, notes=None, performer_id=None)  # edit() validates it
+    assert cleared["note"] == [{"text": "second"}] and "performer" not in cleared
+    unchanged_except(stored, cleared, "note", "performer")
+    patient = {"resourceType": "Patient", "address": [{"city": "Springfield", "line": ["1 Main"]}]}
+    kept = edit("patients", {**patient, "name": [{"family": "Roe"}]}, city=None)
+    assert kept["address"] == [{"line": ["1 Main"]}]  # an address without a city is still one

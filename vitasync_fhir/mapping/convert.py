@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from vitasync_fhir.fhir.validation import choice_siblings
+from vitasync_fhir.fhir.validation import choice_siblings, validate
 from vitasync_fhir.mapping import paths
 from vitasync_fhir.mapping.spec import Component, FieldSpec, Kind, Mapping, Unit
 
@@ -207,6 +207,7 @@ def _write_field(
             errors.append(FieldError(name, "is required"))
             return
         paths.remove(resource, spec.steps)
+        _drop_broken_item(mapping, resource, spec)
         return
     try:
         written = _write(spec, value, kind)
@@ -228,6 +229,20 @@ def _write_field(
 def _is_coding_code(steps: tuple[paths.Step, ...]) -> bool:
     """A path to the code of a coding of one system: `vaccineCode.coding[system=...].code`."""
     return len(steps) >= 3 and steps[-1].name == "code" and steps[-2].key == "system"
+
+
+def _drop_broken_item(mapping: Mapping, resource: dict, spec: FieldSpec) -> None:
+    """A cleared field that was what its array item needs (a note's text, a performer's actor):
+    the item goes too, rather than stay behind invalid (an Annotation with its author alone)."""
+    step = spec.steps[0]  # note[0].text, performer[0].actor: an item of a top-level array
+    items = resource.get(step.name)
+    if step.index is None or not isinstance(items, list) or step.index >= len(items):
+        return
+    inside = f"{mapping.resource}.{step.name}[{step.index}]."
+    if any(p.code == "required" and p.expression.startswith(inside) for p in validate(resource)):
+        del items[step.index]
+        if not items:
+            del resource[step.name]
 
 
 def _same(value: object, old: object) -> bool:
