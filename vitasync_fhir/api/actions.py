@@ -53,18 +53,23 @@ async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> 
     if status in CLOSED_PRESCRIPTION or status != "active":
         word = "already filled" if status == "completed" else f"{status}, not active"
         raise FhirError(409, "conflict", f"This prescription is {word}")
-    quantity = body.get(
-        "quantity", request.get("dispenseRequest", {}).get("quantity", {}).get("value")
+    given = body.get("quantity")
+    if given is not None and (not _is_number(given) or given <= 0):
+        raise invalid(InvalidInput([FieldError("quantity", "must be a number above 0")]))
+    quantity = (
+        given
+        if given is not None
+        else request.get("dispenseRequest", {}).get("quantity", {}).get("value")
     )
     dispense: dict = {
         "resourceType": "MedicationDispense",
         "status": "completed",
         "authorizingPrescription": [{"reference": f"MedicationRequest/{resource_id}"}],
         "subject": request.get("subject"),
-        "medicationCodeableConcept": request.get("medicationCodeableConcept", {"text": "unknown"}),
+        **_medication(request),
         "whenHandedOver": _now(),
     }
-    if isinstance(quantity, int | float) and not isinstance(quantity, bool):
+    if _is_number(quantity):
         dispense["quantity"] = {"value": quantity}
     if body.get("notes"):
         dispense["note"] = [{"text": str(body["notes"])}]
@@ -78,6 +83,28 @@ async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> 
     result["dispense_id"] = saved.version.id
     result["filled_at"] = dispense["whenHandedOver"]
     return result
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _medication(request: dict) -> dict:
+    """The prescription's medication[x] for its dispense: the concept, or the reference (with
+    the contained Medication it points at)."""
+    reference = request.get("medicationReference")
+    if not isinstance(reference, dict):
+        return {
+            "medicationCodeableConcept": request.get("medicationCodeableConcept")
+            or {"text": "unknown"}
+        }
+    found: dict = {"medicationReference": reference}
+    local = str(reference.get("reference") or "")
+    if local.startswith("#"):
+        contained = [c for c in request.get("contained") or [] if c.get("id") == local[1:]]
+        if contained:
+            found["contained"] = contained
+    return found
 
 
 async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> dict:
@@ -161,10 +188,17 @@ async def book(api: ApiResources, body: object) -> dict:
         resource = to_fhir(api.mapping, body)
     except InvalidInput as errors:
         raise invalid(errors) from None
-    await check_free(api, resource)
+    # Who may book this, before the doctor's diary is looked at: a conflict names the times of
+    # another patient's appointment, which only a caller allowed to book may learn.
+    await api.access.require("Appointment", "create")
+    await api.access.require_writable("Appointment", resource, "create")
+    active = resource.get("status") in ACTIVE_APPOINTMENT
+    if active:
+        await check_free(api, resource)
     saved = await api.resources.create("Appointment", resource)
     stored = orjson.loads(saved.version.content or "{}")
-    await enqueue_appointment_email(api.session, kind="appointment-created", appointment=stored)
+    if stored.get("status") == "booked":  # the e-mail confirms a booking
+        await enqueue_appointment_email(api.session, kind="appointment-created", appointment=stored)
     return simple(api.mapping, saved.version)
 
 
@@ -207,6 +241,10 @@ async def cancel(api: ApiResources, resource_id: str, body: dict) -> dict:
     appointment = orjson.loads(current.content or "{}")
     if appointment.get("status") == "cancelled":
         raise FhirError(409, "conflict", "This appointment is already cancelled")
+    if appointment.get("status") not in ACTIVE_APPOINTMENT:
+        raise FhirError(
+            409, "conflict", f"A {appointment.get('status')} appointment cannot be cancelled"
+        )
     appointment["status"] = "cancelled"
     reason = body.get("reason")
     if reason:

@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
+from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.params import lookup, parse_query
 from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import Resources, Saved
 from vitasync_fhir.fhir.store import Version
-from vitasync_fhir.mapping.convert import InvalidInput, from_fhir, to_fhir
+from vitasync_fhir.mapping.convert import InvalidInput, from_fhir, is_of_kind, to_fhir
 from vitasync_fhir.mapping.spec import Mapping
 
 MAX_PER_PAGE = 100
@@ -156,7 +157,12 @@ class ApiResources:
         return simple(self.mapping, await self.current(resource_id))
 
     async def current(self, resource_id: str) -> Version:
-        return await self.resources.read(self.fhir_type, resource_id)
+        """The record, if it is one of this /api resource's: a mapping with kinds (vitals) owns
+        only the Observations of its kinds, not a lab result or a survey (404, as the list)."""
+        found = await self.resources.read(self.fhir_type, resource_id)
+        if self.mapping.kinds and not is_of_kind(self.mapping, orjson.loads(found.content or "{}")):
+            raise outcomes.not_found(f"{self.fhir_type}/{resource_id} is not known")
+        return found
 
     async def create(self, body: object) -> dict:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, and_, false, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -132,14 +133,32 @@ class Access:
             return self.caller is None
         return await ownership.owns(self.session, self.caller, resource_id)
 
-    async def require_writable(self, resource_type: str, resource: dict, interaction: str) -> None:
-        """403 unless the caller may write this content (e.g. into their own compartment only)."""
-        if self.caller is None or policy.may_touch(
-            self.caller, resource_type, resource, interaction, base=self.base
-        ):
+    async def require_writable(
+        self,
+        resource_type: str,
+        resource: dict,
+        interaction: str,
+        *,
+        current: str | None = None,
+    ) -> None:
+        """403 unless the caller may write this content (e.g. into their own compartment only)
+        over the `current` content (JSON text; a role may change only some elements)."""
+        if self.caller is None:
             return
-        await self.record_denial(resource_type, interaction, resource.get("id"))
-        raise FhirError(403, "forbidden", f"You may not {interaction} this {resource_type}")
+        if not policy.may_touch(self.caller, resource_type, resource, interaction, base=self.base):
+            await self.record_denial(resource_type, interaction, resource.get("id"))
+            raise FhirError(403, "forbidden", f"You may not {interaction} this {resource_type}")
+        before = orjson.loads(current) if current else None
+        beyond = policy.changed_beyond(self.caller, resource_type, before, resource)
+        if beyond:
+            await self.record_denial(resource_type, interaction, resource.get("id"))
+            allowed = ", ".join(sorted(policy.CHANGES[(self.caller.role, resource_type)]))
+            raise FhirError(
+                403,
+                "forbidden",
+                f"A {self.caller.role} may change only {allowed} of a {resource_type}; "
+                f"this {interaction} changes {', '.join(beyond)}",
+            )
 
     def restriction(self, interaction: str = "search"):  # type: ignore[no-untyped-def]
         """The search engine's `restrict` hook: (table, types) -> WHERE clause, or None."""

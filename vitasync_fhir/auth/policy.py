@@ -171,6 +171,28 @@ POLICY: dict[str, dict[str, Rule]] = {
 # Written only by the server, whatever the role: the audit trail is append-only.
 SERVER_WRITTEN: dict[str, str] = {"AuditEvent": "rs"}
 
+# What a role may change when it updates a type: a pharmacist marks a prescription filled or not
+# ("u: mark filled"), and may not rewrite its drug, quantity, refills or patient. Roles and types
+# not listed may change anything their letters allow.
+CHANGES: dict[tuple[str, str], frozenset[str]] = {
+    ("pharmacist", "MedicationRequest"): frozenset({"status", "statusReason"}),
+}
+# Elements the server sets or derives, never counted as a caller's change.
+_NOT_CHANGES = frozenset({"resourceType", "id", "meta", "text"})
+
+
+def changed_beyond(
+    caller: Caller, resource_type: str, before: dict | None, after: dict
+) -> list[str]:
+    """The elements an update changes that the caller's role may not change (CHANGES)."""
+    allowed = CHANGES.get((caller.role, resource_type))
+    if allowed is None:
+        return []
+    before = before or {}
+    keys = (set(before) | set(after)) - _NOT_CHANGES - allowed
+    return sorted(k for k in keys if before.get(k) != after.get(k))
+
+
 # Interactions and the SMART letter each needs.
 INTERACTIONS: dict[str, str] = {
     "read": "r",

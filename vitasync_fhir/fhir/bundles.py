@@ -231,7 +231,8 @@ class Transaction:
         resource = check_resource(data, entry.resource_type)
         if resource.get("id") != entry.resource_id:
             raise outcomes.bad_request("The resource's id must equal the id in request.url")
-        await r.access.require_writable(entry.resource_type, resource, interaction)
+        before = current.content if current is not None else None
+        await r.access.require_writable(entry.resource_type, resource, interaction, current=before)
         if entry.method == "POST":
             write = r.plan_create(entry.resource_type, resource, resource_id=entry.resource_id)
             write = Write(write.version, write.resource, None)

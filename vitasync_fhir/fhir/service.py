@@ -234,7 +234,8 @@ class Resources:
         if current is not None:
             await self._require_seen(current, interaction)
         if resource is not None:
-            await self.access.require_writable(resource_type, resource, interaction)
+            before = current.content if current is not None else None
+            await self.access.require_writable(resource_type, resource, interaction, current=before)
 
     async def _require_seen(self, current: Version, interaction: str) -> None:
         """404 unless the caller may see `current` (a tombstone: the version it deleted)."""

@@ -100,6 +100,11 @@ def _reference_id(spec: FieldSpec, raw: object) -> str | None:
     return found if found and _ID.match(found) else None
 
 
+def is_of_kind(mapping: Mapping, resource: dict) -> bool:
+    """Whether the resource is one of the mapping's kinds (a vital sign of its table)."""
+    return _kind_of(mapping, resource) is not None
+
+
 def _kind_of(mapping: Mapping, resource: dict) -> tuple[str, Kind] | None:
     if not mapping.kinds:
         return None
