@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in operations.routers():  # before the REST routes: "$op" is not an id
         app.include_router(router, prefix="/fhir", tags=["FHIR operations"])
     app.state.operations = operations.capability_entries()
+    app.state.type_operations = operations.type_capability_entries()
     app.include_router(fhir_router, prefix="/fhir", tags=["FHIR"])
     app.include_router(search_router, prefix="/fhir", tags=["FHIR search"])
     app.include_router(well_known, tags=["SMART"])

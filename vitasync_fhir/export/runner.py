@@ -29,7 +29,6 @@ from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database
 from vitasync_fhir.export.request import filter_query
 from vitasync_fhir.export.service import (
-    _aware,
     caller_from,
     expires_after,
     export_dir,
@@ -150,7 +149,12 @@ async def _fail(database: Database, job_id: str, token: str, error: Exception) -
     remove_files(database.settings, job_id)
     folder = export_dir(database.settings, job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    issue = {"severity": "error", "code": "exception", "diagnostics": f"The export failed: {error}"}
+    log.error("export %s failed: %s", job_id, error)  # the detail (paths, say) stays here
+    issue = {
+        "severity": "error",
+        "code": "exception",
+        "diagnostics": f"The export failed; the server log has the cause (export {job_id})",
+    }
     _write_outcomes(folder / "OperationOutcome.ndjson", [issue])
     try:
         output = {"output": [], "error": [{"file": "OperationOutcome.ndjson", "count": 1}]}
@@ -176,13 +180,14 @@ async def _export(database: Database, job_id: str, token: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     restrict = Access(caller_from(job.caller)).restriction("$export")
     cohort = _cohort(job.level, params.get("members") or [])
-    until = _aware(job.transaction_time)
+    # No upper bound at transactionTime: a resource changed since kick-off is exported as it is
+    # now, not dropped (the manifest SHALL hold what was modified up to transactionTime).
     since = parse_since(params["since"]) if params.get("since") else None
     output, total = [], 0
     types = await _present(database, params["types"])
     for number, resource_type in enumerate(types, start=1):
         filters = params["type_filters"].get(resource_type, [])
-        where = _where(resource_type, filters, restrict, cohort, since, until, database.settings)
+        where = _where(resource_type, filters, restrict, cohort, since, database.settings)
 
         async def tick(
             count: int, t: str = resource_type, n: int = number, before: int = total
@@ -245,7 +250,6 @@ def _where(  # noqa: PLR0913 - one export's selection really has these parts
     restrict,  # type: ignore[no-untyped-def]
     cohort: Callable[[FromClause], ColumnElement[bool]] | None,
     since: datetime | None,
-    until: datetime | None,
     settings: Settings,
 ) -> Where:
     types = (resource_type,)
@@ -260,8 +264,6 @@ def _where(  # noqa: PLR0913 - one export's selection really has these parts
         clauses.append(cohort(r))
     if since is not None:
         clauses.append(r.c.last_updated >= since)
-    if until is not None:
-        clauses.append(r.c.last_updated <= until)
     return r, clauses
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth.policy import Caller
+from vitasync_fhir.auth.policy import Caller, decide
 from vitasync_fhir.auth.scopes import parse_scope
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import after_commit, mark_written
@@ -73,10 +73,14 @@ def caller_from(data: dict) -> Caller:
     )
 
 
-def _owns(caller: Caller, stored: dict) -> bool:
-    if caller.role == "admin" and any(s.resource_type == "*" for s in caller.scopes):
-        return True
-    return (caller.user_id, caller.client_id) == (stored.get("user_id"), stored.get("client_id"))
+def _owns(caller: Caller, stored: dict, types: list[str]) -> bool:
+    """Status and files are protected as the kick-off was (Bulk Data: "an access token with
+    scopes that cover all resources being exported"): the same user, client and patient
+    context, whose role and scopes still let it search every exported type."""
+    who = (caller.user_id, caller.client_id, caller.patient_id)
+    if who != (stored.get("user_id"), stored.get("client_id"), stored.get("patient_id")):
+        return False
+    return all(decide(caller, resource_type, "search").allowed for resource_type in types)
 
 
 async def start(
@@ -121,7 +125,7 @@ async def start(
 
 async def _job(session: AsyncSession, caller: Caller, job_id: str):  # type: ignore[no-untyped-def]
     row = (await session.execute(select(export_jobs).where(export_jobs.c.id == job_id))).first()
-    if row is None or not _owns(caller, row.caller):
+    if row is None or not _owns(caller, row.caller, row.params.get("types") or []):
         raise FhirError(404, "not-found", f"There is no export {job_id}")
     expires = _aware(row.expires_at)
     if expires is not None and expires <= now_utc():
@@ -141,6 +145,8 @@ async def status(session: AsyncSession, settings: Settings, caller: Caller, job_
     row = await _job(session, caller, job_id)
     if row.status not in (COMPLETE, FAILED):
         return Status(False, row.progress or ("queued" if row.status == QUEUED else "running"))
+    if row.status == FAILED:  # Bulk Data: a failed export answers 4xx/5xx, not a manifest
+        raise FhirError(500, "exception", f"Export {job_id} failed; the server log has the cause")
     base = f"{settings.fhir_base}/_export/{job_id}/"
     output = row.output or {}
     manifest = {

@@ -72,6 +72,7 @@ def statement(app: FastAPI) -> dict:
     if "transaction" in system_level:
         system_level.append("batch")
     conditional = {flag for shape, flag in CONDITIONAL.items() if shape in shapes}
+    type_operations = getattr(app.state, "type_operations", {})
     resources = []
     for name in sorted(resource_types()):
         codes = _open_to_clients(name, type_level)
@@ -93,6 +94,8 @@ def statement(app: FastAPI) -> dict:
         }
         if "search-type" in type_level:
             entry["searchParam"] = _search_params(name)
+        if name in type_operations:
+            entry["operation"] = type_operations[name]
         resources.append(entry)
     operations = getattr(app.state, "operations", [])
     return {

@@ -273,7 +273,62 @@ def test_role_policy_limits_the_export(
     assert keys({"Observation": files["Observation"]}) == search_ids(client, "Observation")
     url = next(o["url"] for o in wait_manifest(client, status, **nurse)["output"])
     assert client.get(url, headers=own).status_code == 404
-    assert client.get(url).status_code == 200  # an admin may (policy-equivalent)
+    # Status and files are the kick-off's caller's alone, as Bulk Data protects them: not even
+    # another admin's, nor the same account's with narrower scopes.
+    assert client.get(url).status_code == 404
+    assert client.get(status).status_code == 404
+    mine_again = _same_account_token(settings, own, scope="patient/Observation.rs")
+    patient_status = kick_off(client, "/fhir/Patient/$export?_type=Observation", **own)
+    wait_manifest(client, patient_status, **own)
+    assert client.get(patient_status, headers=mine_again).status_code == 200
+    narrower = _same_account_token(settings, own, scope="patient/Patient.rs")
+    assert client.get(patient_status, headers=narrower).status_code == 404
+
+
+def _same_account_token(settings: Settings, headers: dict[str, str], *, scope: str) -> dict:
+    """A new token for the account behind `headers`, with `scope`."""
+    from vitasync_fhir.auth import tokens
+
+    claims = tokens.decode_access_token(settings, headers["Authorization"].split()[1])
+    issued = tokens.issue_access_token(
+        settings,
+        subject=claims["sub"],
+        scope=scope,
+        fhir_user=claims.get("fhirUser"),
+        patient=claims.get("patient"),
+    )
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+def test_a_resource_changed_after_kickoff_is_exported_and_foreign_members_are_not(
+    client: TestClient, settings: Settings
+) -> None:
+    people = populate(client, patients=2)
+    first, second = people.patients
+    status = kick_off(client, "/fhir/$export?_type=Patient")  # queued: no worker yet
+    changed = client.get(f"/fhir/Patient/{first}").json()
+    assert (
+        client.put(f"/fhir/Patient/{first}", json={**changed, "gender": "other"}).status_code == 200
+    )
+    group = create(
+        client,
+        {
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [
+                {"entity": {"reference": f"Patient/{first}"}},
+                {"entity": {"reference": f"https://ehr.elsewhere.example/fhir/Patient/{second}"}},
+            ],
+        },
+    )["id"]
+    group_status = kick_off(client, f"/fhir/Group/{group}/$export?_type=Patient")
+    with hosted(settings):
+        files = exported(client, wait_manifest(client, status))
+        members = exported(client, wait_manifest(client, group_status))
+    queue_module.forget(settings)
+    assert ("Patient", first) in keys(files) and ("Patient", second) in keys(files)
+    assert keys(members) == {("Patient", first)}  # another server's Patient is not ours
 
 
 def test_delete_cancels_and_removes_files(
@@ -393,9 +448,8 @@ def test_a_job_whose_workers_keep_dying_fails_visibly(
 
     asyncio.run(crashed_every_time())
     assert asyncio.run(tasks.sweep(settings)) == (0, 1)
-    manifest = wait_manifest(client, status, timeout=5)
-    assert manifest["output"] == []
-    assert [e["type"] for e in manifest["error"]] == ["OperationOutcome"]
-    outcome = download(client, manifest["error"][0]["url"])
-    assert '"code":"exception"' in outcome[0]
+    failed = client.get(status)  # Bulk Data: a failed export is a 4xx/5xx, not a manifest
+    assert failed.status_code == 500
+    assert failed.json()["issue"][0]["code"] == "exception"
+    assert str(settings.data_dir) not in failed.text
     queue_module.forget(settings)

@@ -2,7 +2,8 @@
 
 Each module listed in MODULES exposes `router` (an APIRouter mounted under /fhir before the plain
 REST routes, so `/Patient/$export` is not read as the id "$export") and `OPERATIONS`, the
-CapabilityStatement `rest.operation` entries it implements (name and definition canonical URL).
+CapabilityStatement `rest.operation` entries it implements (name and definition canonical URL),
+and may expose `TYPE_OPERATIONS` ({type: entries}: `rest.resource.operation`).
 Adding an operation is a module and a line here.
 """
 
@@ -31,3 +32,12 @@ def capability_entries() -> list[dict]:
         for entry in module.OPERATIONS:
             entries.setdefault(entry["name"], entry)
     return [entries[name] for name in sorted(entries)]
+
+
+def type_capability_entries() -> dict[str, list[dict]]:
+    """`rest.resource.operation` by resource type: the operations served on a type."""
+    entries: dict[str, list[dict]] = {}
+    for module in modules():
+        for resource_type, found in getattr(module, "TYPE_OPERATIONS", {}).items():
+            entries.setdefault(resource_type, []).extend(found)
+    return entries

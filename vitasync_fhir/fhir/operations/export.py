@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
 from vitasync_fhir.auth.access import Access, AccessDep
-from vitasync_fhir.auth.policy import Caller
+from vitasync_fhir.auth.policy import Caller, patient_of
 from vitasync_fhir.db import SessionDep
 from vitasync_fhir.export import service
 from vitasync_fhir.export.request import parse_kickoff
@@ -27,11 +27,13 @@ from vitasync_fhir.fhir.service import Resources, check_id
 
 router = APIRouter()
 DEFINITION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
-OPERATIONS = [
-    {"name": "export", "definition": DEFINITION + "export"},
-    {"name": "patient-export", "definition": DEFINITION + "patient-export"},
-    {"name": "group-export", "definition": DEFINITION + "group-export"},
-]
+# System level here; the Patient and Group levels are the same `export` on those types
+# (TYPE_OPERATIONS), as the Bulk Data CapabilityStatement lists them.
+OPERATIONS = [{"name": "export", "definition": DEFINITION + "export"}]
+TYPE_OPERATIONS = {
+    "Patient": [{"name": "export", "definition": DEFINITION + "patient-export"}],
+    "Group": [{"name": "export", "definition": DEFINITION + "group-export"}],
+}
 NDJSON = "application/fhir+ndjson"
 
 
@@ -65,9 +67,9 @@ async def _members(session: SessionDep, access: Access, group_id: str) -> list[s
     data = orjson.loads(group.content or "{}")
     members = []
     for member in data.get("member") or []:
-        reference = (member.get("entity") or {}).get("reference") or ""
-        kind, _, member_id = reference.rpartition("/")
-        if member.get("inactive") is True or not kind.endswith("Patient") or not member_id:
+        # One of our Patients (relative, or with our base): another server's Patient/1 is not ours.
+        member_id = patient_of(member.get("entity"), base=access.base)
+        if member.get("inactive") is True or member_id is None:
             continue
         members.append(member_id)
     return list(dict.fromkeys(members))
