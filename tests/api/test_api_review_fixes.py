@@ -112,3 +112,22 @@ def test_who_may_book_is_asked_before_the_diary(client, signed_in):
     patient = signed_in(role="patient", patient_id=other)
     someone_else = client.post("/api/appointments", json=clash, headers=patient)
     assert someone_else.status_code == 403 and "2026-12-10T09:00" not in someone_else.text
+
+
+def test_errors_of_the_fhir_layer_name_the_api_field_and_numbers_have_bounds(client):
+    pid = make_patient(client)["id"]
+    base = {"patient_id": pid, "medication": "Amoxicillin"}
+    negative = client.post("/api/prescriptions", json={**base, "refills": -5})
+    assert negative.status_code == 422
+    assert [d["field"] for d in negative.json()["detail"]] == ["refills"]
+    for field in ("quantity", "duration_days"):
+        answer = client.post("/api/prescriptions", json={**base, field: -5})
+        assert answer.status_code == 422, field
+        assert answer.json()["detail"] == [{"field": field, "message": "must be greater than 0"}]
+    weight = {
+        "patient_id": pid,
+        "kind": "body_weight",
+        "value": -70,
+        "date": "2026-01-01T09:00:00Z",
+    }
+    assert client.post("/api/vitals", json=weight).status_code == 422

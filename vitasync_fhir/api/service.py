@@ -6,6 +6,10 @@ Every read and write goes through `Resources` with the caller's `Access`, so the
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -169,8 +173,39 @@ class ApiResources:
             resource = to_fhir(self.mapping, body)
         except InvalidInput as errors:
             raise invalid(errors) from None
-        saved = await self.resources.create(self.fhir_type, resource)
+        async with self._in_api_terms():
+            saved = await self.resources.create(self.fhir_type, resource)
         return simple(self.mapping, saved.version)
+
+    @asynccontextmanager
+    async def _in_api_terms(self) -> AsyncIterator[None]:
+        """A 422 of the FHIR layer (validation, domain rules) names the /api field it concerns,
+        not the FHIR path: refills, not MedicationRequest.dispenseRequest.numberOfRepeatsAllowed."""
+        try:
+            yield
+        except FhirError as error:
+            if error.status != 422:
+                raise
+            issues = [
+                Issue(
+                    i.code,
+                    i.diagnostics,
+                    severity=i.severity,
+                    expression=self._field_of(i.expression),
+                )
+                for i in error.issues
+            ]
+            raise FhirError(422, issues[0].code, issues[0].diagnostics, issues=issues) from None
+
+    def _field_of(self, expression: str | None) -> str | None:
+        if not expression:
+            return expression
+        plain = re.sub(r"\[[^\]]*\]", "", expression).removeprefix(f"{self.fhir_type}.")
+        for name, spec in self.mapping.fields.items():
+            own = re.sub(r"\[[^\]]*\]", "", spec.path)
+            if plain == own or plain.startswith(own + "."):
+                return name
+        return expression
 
     async def update(self, resource_id: str, body: object, *, partial: bool = False) -> dict:
         await self.access.require(self.fhir_type, "update", resource_id=resource_id)
@@ -194,9 +229,10 @@ class ApiResources:
         return simple(self.mapping, saved.version)
 
     async def save(self, resource_id: str, resource: dict, current: Version) -> Saved:
-        return await self.resources.update(
-            self.fhir_type, resource_id, resource, if_match=current.etag
-        )
+        async with self._in_api_terms():
+            return await self.resources.update(
+                self.fhir_type, resource_id, resource, if_match=current.etag
+            )
 
     async def delete(self, resource_id: str) -> None:
         await self.access.require(self.fhir_type, "delete", resource_id=resource_id)

@@ -219,6 +219,9 @@ def _write_field(
     except ValueError as error:
         errors.append(FieldError(name, str(error)))
         return
+    if spec.above is not None and value <= spec.above:  # type: ignore[operator]
+        errors.append(FieldError(name, f"must be greater than {spec.above:g}"))
+        return
     for sibling in choice_siblings(mapping.resource, spec.steps[0].name):
         resource.pop(sibling, None)  # one of effective[x]: the new value replaces a Period
         resource.pop("_" + sibling, None)

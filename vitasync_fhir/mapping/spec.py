@@ -47,12 +47,15 @@ class FieldSpec(BaseModel):
     values: list[str] | None = None
     default: str | int | float | bool | None = None
     unit: Unit | None = None
+    above: float | None = None  # a number must be greater than this (0: a positive quantity)
     example: str | int | float | bool | None = None
     description: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
         paths.parse(self.path)
+        if self.above is not None and self.type not in ("integer", "decimal", "quantity"):
+            raise ValueError("only a number field has a lower bound (above)")
         if self.type == "reference" and not (self.target and is_resource_type(self.target)):
             raise ValueError(f"a reference field needs a known target type, not {self.target!r}")
         if self.values is not None and self.type != "code":
