@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, or_, select, tuple_, update
 from sqlalchemy.sql import ColumnElement, FromClause
 
 from vitasync_fhir.auth.access import Access
@@ -201,6 +201,10 @@ async def _export(database: Database, job_id: str, token: str) -> dict:
             output.append(
                 {"type": resource_type, "file": f"{resource_type}.ndjson", "count": count}
             )
+    deleted = []
+    if since is not None and job.level == "system":
+        count = await _write_deleted(database, folder / DELETED_FILE, types, since)
+        deleted = [{"type": "Bundle", "file": DELETED_FILE, "count": count}] if count else []
     errors = []
     if params.get("warnings"):
         issues = [
@@ -209,7 +213,42 @@ async def _export(database: Database, job_id: str, token: str) -> dict:
         ]
         _write_outcomes(folder / "OperationOutcome.ndjson", issues)
         errors.append({"file": "OperationOutcome.ndjson", "count": len(issues)})
-    return {"output": output, "error": errors}
+    return {"output": output, "error": errors, "deleted": deleted}
+
+
+DELETED_FILE = "deleted.ndjson"
+
+
+async def _write_deleted(database: Database, path: Path, types: list[str], since: datetime) -> int:
+    """Bulk Data `_since`: the resources deleted since, each a line holding a transaction Bundle
+    with its DELETE. System level only: a deleted resource has left the patient compartments a
+    Patient or Group export selects by."""
+    r = resources
+    base = (
+        select(r.c.resource_type, r.c.id)
+        .where(r.c.deleted, r.c.resource_type.in_(types), r.c.last_updated >= since)
+        .order_by(r.c.resource_type, r.c.id)
+        .limit(PAGE_ROWS)
+    )
+    count, last = 0, None
+    with path.open("w", encoding="utf-8") as out:
+        while True:
+            statement = (
+                base if last is None else base.where(tuple_(r.c.resource_type, r.c.id) > last)
+            )
+            async with database.engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+            for row in rows:
+                entry = {"request": {"method": "DELETE", "url": f"{row.resource_type}/{row.id}"}}
+                bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+                out.write(orjson.dumps(bundle).decode() + "\n")
+            count += len(rows)
+            if len(rows) < PAGE_ROWS:
+                break
+            last = (rows[-1].resource_type, rows[-1].id)
+    if not count:
+        path.unlink()
+    return count
 
 
 Where = tuple[FromClause, list[ColumnElement[bool]]]

@@ -162,6 +162,11 @@ async def status(session: AsyncSession, settings: Settings, caller: Caller, job_
             for item in output.get("error", [])
         ],
     }
+    if row.params.get("since"):  # Bulk Data: with _since, the resources deleted since
+        manifest["deleted"] = [
+            {"type": item["type"], "url": base + item["file"], "count": item["count"]}
+            for item in output.get("deleted", [])
+        ]
     return Status(True, "complete", manifest, _aware(row.expires_at))
 
 
@@ -179,7 +184,9 @@ async def file_path(
     """The path of one output or error file of a finished job the caller may read."""
     row = await _job(session, caller, job_id)
     listed = {
-        item["file"] for part in ("output", "error") for item in (row.output or {}).get(part, [])
+        item["file"]
+        for part in ("output", "error", "deleted")
+        for item in (row.output or {}).get(part, [])
     }
     if row.status not in (COMPLETE, FAILED) or not FILE_NAME.match(name) or name not in listed:
         raise FhirError(404, "not-found", f"Export {job_id} has no file {name}")

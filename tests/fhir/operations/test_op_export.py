@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import orjson
 import pytest
 from factories import create
 from fastapi.testclient import TestClient
@@ -84,10 +85,22 @@ def test_since_and_type_filter(client: TestClient, settings: Settings, worker: N
         client,
         {"resourceType": "Condition", "subject": {"reference": f"Patient/{people.patients[0]}"}},
     )["id"]
+    gone = next(i for t, i in people.records[people.patients[1]] if t == "Condition")
+    assert client.delete(f"/fhir/Condition/{gone}").status_code == 204
     stamp = mark.isoformat().replace("+", "%2B")
     since_url = kick_off(client, f"/fhir/$export?_type=Condition,Patient&_since={stamp}")
-    since = exported(client, wait_manifest(client, since_url))
-    assert keys(since) == {("Condition", late)}
+    manifest = wait_manifest(client, since_url)
+    assert keys(exported(client, manifest)) == {("Condition", late)}
+    # What was deleted since: one transaction Bundle with its DELETE per line (Bulk Data).
+    [deleted] = manifest["deleted"]
+    assert deleted["type"] == "Bundle" and deleted["count"] == 1
+    [line] = download(client, deleted["url"])
+    assert orjson.loads(line) == {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Condition/{gone}"}}],
+    }
+    assert "deleted" not in wait_manifest(client, kick_off(client, "/fhir/$export?_type=Patient"))
     systolic = f"Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C{SYSTOLIC}"
     status = kick_off(client, f"/fhir/$export?_type=Observation,Patient&_typeFilter={systolic}")
     files = exported(client, wait_manifest(client, status))
