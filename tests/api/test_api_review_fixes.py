@@ -131,3 +131,18 @@ def test_errors_of_the_fhir_layer_name_the_api_field_and_numbers_have_bounds(cli
         "date": "2026-01-01T09:00:00Z",
     }
     assert client.post("/api/vitals", json=weight).status_code == 422
+
+
+def test_an_id_field_must_name_a_record_that_is_here(client):
+    pid = make_patient(client)["id"]
+    nobody = client.post("/api/prescriptions", json={"patient_id": "nonexist", "medication": "X"})
+    assert nobody.status_code == 422
+    assert nobody.json()["detail"] == [
+        {"field": "patient_id", "message": "names no Patient known here"}
+    ]
+    rx = client.post("/api/prescriptions", json={"patient_id": pid, "medication": "X"}).json()
+    moved = client.patch(f"/api/prescriptions/{rx['id']}", json={"prescriber_id": "ghost"})
+    assert moved.status_code == 422 and moved.json()["detail"][0]["field"] == "prescriber_id"
+    assert client.patch(f"/api/prescriptions/{rx['id']}", json={"notes": "x"}).status_code == 200
+    booking = slot_of(pid, "no-such-doctor")
+    assert client.post("/api/appointments", json=booking).status_code == 422

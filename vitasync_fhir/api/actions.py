@@ -192,6 +192,7 @@ async def book(api: ApiResources, body: object) -> dict:
     # another patient's appointment, which only a caller allowed to book may learn.
     await api.access.require("Appointment", "create")
     await api.access.require_writable("Appointment", resource, "create")
+    await api.check_references(resource)
     active = resource.get("status") in ACTIVE_APPOINTMENT
     if active:
         await check_free(api, resource)

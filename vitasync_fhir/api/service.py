@@ -21,7 +21,7 @@ from vitasync_fhir.fhir.search.params import lookup, parse_query
 from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import Resources, Saved
 from vitasync_fhir.fhir.store import Version
-from vitasync_fhir.mapping.convert import InvalidInput, from_fhir, is_of_kind, to_fhir
+from vitasync_fhir.mapping.convert import FieldError, InvalidInput, from_fhir, is_of_kind, to_fhir
 from vitasync_fhir.mapping.spec import Mapping
 
 MAX_PER_PAGE = 100
@@ -173,9 +173,27 @@ class ApiResources:
             resource = to_fhir(self.mapping, body)
         except InvalidInput as errors:
             raise invalid(errors) from None
+        await self.check_references(resource)
         async with self._in_api_terms():
             saved = await self.resources.create(self.fhir_type, resource)
         return simple(self.mapping, saved.version)
+
+    async def check_references(self, resource: dict, existing: dict | None = None) -> None:
+        """422 for an id field (patient_id, doctor_id...) set to an id no such record has: a
+        prescription for a patient who is not here would be no one's. Ids kept from `existing`
+        are not checked again."""
+        now = from_fhir(self.mapping, resource)
+        before = from_fhir(self.mapping, existing) if existing else {}
+        errors = []
+        for name, spec in self.mapping.fields.items():
+            value = now.get(name)
+            if spec.type != "reference" or value is None or value == before.get(name):
+                continue
+            found = await self.resources.store.current(spec.target, value)  # type: ignore[arg-type]
+            if found is None or found.deleted:
+                errors.append(FieldError(name, f"names no {spec.target} known here"))
+        if errors:
+            raise invalid(InvalidInput(errors))
 
     @asynccontextmanager
     async def _in_api_terms(self) -> AsyncIterator[None]:
@@ -225,6 +243,7 @@ class ApiResources:
             resource = to_fhir(self.mapping, given, existing=existing)
         except InvalidInput as errors:
             raise invalid(errors) from None
+        await self.check_references(resource, existing)
         saved = await self.save(resource_id, resource, current)
         return simple(self.mapping, saved.version)
 
