@@ -7,6 +7,7 @@ from __future__ import annotations
 from test_api_routes import mails, make_doctor, make_patient, slot_of
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+MOMENT = "2026-01-01T09:00:00Z"
 
 
 def test_a_pharmacist_marks_a_prescription_but_cannot_rewrite_it(client, signed_in):
@@ -52,7 +53,8 @@ def test_api_vitals_reaches_only_vital_signs(client):
         headers=FHIR_JSON,
     ).json()
     path = f"/api/vitals/{lab['id']}"
-    heart = {"patient_id": pid, "kind": "heart_rate", "value": 70, "date": "2026-01-01T09:00:00Z"}
+    heart = {"patient_id": pid, "kind": "heart_rate", "value": 70, "effective": MOMENT}
+    assert client.post("/api/vitals", json=heart).status_code == 201  # the body is a valid one
     assert client.get(path).status_code == 404
     assert client.put(path, json=heart).status_code == 404
     assert client.delete(path).status_code == 404
@@ -124,16 +126,13 @@ def test_errors_of_the_fhir_layer_name_the_api_field_and_numbers_have_bounds(cli
         answer = client.post("/api/prescriptions", json={**base, field: -5})
         assert answer.status_code == 422, field
         assert answer.json()["detail"] == [{"field": field, "message": "must be greater than 0"}]
-    weight = {
-        "patient_id": pid,
-        "kind": "body_weight",
-        "value": -70,
-        "date": "2026-01-01T09:00:00Z",
-    }
-    assert client.post("/api/vitals", json=weight).status_code == 422
+    weight = {"patient_id": pid, "kind": "body_weight", "value": -70, "effective": MOMENT}
+    refused = client.post("/api/vitals", json=weight)
+    assert refused.json()["detail"] == [{"field": "value", "message": "must be greater than 0"}]
+    assert client.post("/api/vitals", json={**weight, "value": 70}).status_code == 201
 
 
-def test_an_id_field_must_name_a_record_that_is_here(client):
+def test_an_id_field_must_name_a_record_that_is_here(client, signed_in):
     pid = make_patient(client)["id"]
     nobody = client.post("/api/prescriptions", json={"patient_id": "nonexist", "medication": "X"})
     assert nobody.status_code == 422
@@ -146,3 +145,8 @@ def test_an_id_field_must_name_a_record_that_is_here(client):
     assert client.patch(f"/api/prescriptions/{rx['id']}", json={"notes": "x"}).status_code == 200
     booking = slot_of(pid, "no-such-doctor")
     assert client.post("/api/appointments", json=booking).status_code == 422
+    # A role that may not create the record learns nothing about ids: 403 before any lookup.
+    patient = signed_in(role="patient", patient_id=pid)
+    for someone in (pid, "nonexist"):
+        vital = {"patient_id": someone, "kind": "heart_rate", "value": 70, "effective": MOMENT}
+        assert client.post("/api/vitals", json=vital, headers=patient).status_code == 403

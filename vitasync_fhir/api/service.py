@@ -173,6 +173,7 @@ class ApiResources:
             resource = to_fhir(self.mapping, body)
         except InvalidInput as errors:
             raise invalid(errors) from None
+        await self.access.require(self.fhir_type, "create")  # before ids are looked up
         await self.check_references(resource)
         async with self._in_api_terms():
             saved = await self.resources.create(self.fhir_type, resource)
@@ -181,7 +182,8 @@ class ApiResources:
     async def check_references(self, resource: dict, existing: dict | None = None) -> None:
         """422 for an id field (patient_id, doctor_id...) set to an id no such record has: a
         prescription for a patient who is not here would be no one's. Ids kept from `existing`
-        are not checked again."""
+        are not checked again. (A caller limited to one patient names no other: the write rule
+        answers 403 alike for another patient and for none.)"""
         now = from_fhir(self.mapping, resource)
         before = from_fhir(self.mapping, existing) if existing else {}
         errors = []

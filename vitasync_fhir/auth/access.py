@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated
 
-import orjson
 from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, and_, false, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -148,8 +147,7 @@ class Access:
         if not policy.may_touch(self.caller, resource_type, resource, interaction, base=self.base):
             await self.record_denial(resource_type, interaction, resource.get("id"))
             raise FhirError(403, "forbidden", f"You may not {interaction} this {resource_type}")
-        before = orjson.loads(current) if current else None
-        beyond = policy.changed_beyond(self.caller, resource_type, before, resource)
+        beyond = policy.changed_beyond(self.caller, resource_type, current, resource)
         if beyond:
             await self.record_denial(resource_type, interaction, resource.get("id"))
             allowed = ", ".join(sorted(policy.CHANGES[(self.caller.role, resource_type)]))

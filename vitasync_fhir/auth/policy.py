@@ -182,13 +182,14 @@ _NOT_CHANGES = frozenset({"resourceType", "id", "meta", "text"})
 
 
 def changed_beyond(
-    caller: Caller, resource_type: str, before: dict | None, after: dict
+    caller: Caller, resource_type: str, before: str | dict | None, after: dict
 ) -> list[str]:
-    """The elements an update changes that the caller's role may not change (CHANGES)."""
+    """The elements an update changes that the caller's role may not change (CHANGES); `before`
+    is the current content (JSON text, read only for a role listed there)."""
     allowed = CHANGES.get((caller.role, resource_type))
     if allowed is None:
         return []
-    before = before or {}
+    before = orjson.loads(before) if isinstance(before, str) else (before or {})
     keys = (set(before) | set(after)) - _NOT_CHANGES - allowed
     return sorted(k for k in keys if before.get(k) != after.get(k))
 

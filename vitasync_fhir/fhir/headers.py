@@ -20,9 +20,12 @@ class Preference:
 
     returns: str | None = None  # one of RETURNS; None when not asked (each answer has a default)
     lenient: bool = False  # handling=lenient
+    respond_async: bool = False  # respond-async (Bulk Data kick-off)
 
 
 def preference(header: str | None) -> Preference:
+    """The one reading of `Prefer`: names and the handling value in any case, `return=` as
+    FHIR spells its values."""
     asked: dict[str, str] = {}
     for chunk in (header or "").split(","):
         for part in chunk.split(";"):
@@ -31,7 +34,8 @@ def preference(header: str | None) -> Preference:
     returns = asked.get("return")
     return Preference(
         returns=returns if returns in RETURNS else None,
-        lenient=asked.get("handling") == "lenient",
+        lenient=asked.get("handling", "").lower() == "lenient",
+        respond_async="respond-async" in asked,
     )
 
 

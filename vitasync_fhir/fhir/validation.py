@@ -92,6 +92,13 @@ def single_valued(resource_type: str, path: str) -> bool:
     return True
 
 
+def choice_of(resource_type: str, name: str) -> str | None:
+    """The choice element `name` is one type of ("value" for "valueQuantity"), or None."""
+    current = _table().types.get(resource_type)
+    spec = current.elements.get(name) if current is not None else None
+    return spec.group if spec is not None and spec.group else None
+
+
 def choice_siblings(resource_type: str, name: str) -> tuple[str, ...]:
     """The other elements of the choice that `name` (e.g. "effectiveDateTime") is one type of, in
     `resource_type`: ("effectivePeriod", "effectiveTiming", ...); empty when it is no choice."""

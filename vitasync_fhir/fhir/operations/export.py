@@ -21,6 +21,7 @@ from vitasync_fhir.auth.policy import Caller, patient_of
 from vitasync_fhir.db import SessionDep
 from vitasync_fhir.export import service
 from vitasync_fhir.export.request import parse_kickoff
+from vitasync_fhir.fhir.headers import Preference, preference
 from vitasync_fhir.fhir.outcomes import FhirError, bad_request, dumps, information
 from vitasync_fhir.fhir.responses import fhir_response, response_media_type
 from vitasync_fhir.fhir.service import Resources, check_id
@@ -37,18 +38,12 @@ TYPE_OPERATIONS = {
 NDJSON = "application/fhir+ndjson"
 
 
-def _prefer(request: Request) -> set[str]:
-    prefer = request.headers.get("prefer", "")
-    return {
-        part.strip().lower().replace(" ", "")
-        for chunk in prefer.split(",")
-        for part in chunk.split(";")
-    }
+def _prefer(request: Request) -> Preference:
+    return preference(request.headers.get("prefer"))
 
 
 def _require_async(request: Request) -> None:
-    words = _prefer(request)
-    if "respond-async" not in words:
+    if not _prefer(request).respond_async:
         raise bad_request("$export runs asynchronously: send the header Prefer: respond-async")
     response_media_type(request)  # the kick-off's OperationOutcome is JSON: 406 otherwise
 
@@ -99,7 +94,7 @@ async def _kickoff(
             list(request.query_params.multi_items()),
             level=level,
             caller=caller,
-            lenient="handling=lenient" in _prefer(request),
+            lenient=_prefer(request).lenient,
             base=settings.fhir_base,
         )
     except FhirError as error:

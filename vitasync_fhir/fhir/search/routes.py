@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from vitasync_fhir.auth.access import Access, AccessDep
 from vitasync_fhir.db import ReadSessionDep
+from vitasync_fhir.fhir.headers import preference
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.responses import fhir_response
 from vitasync_fhir.fhir.search import service
@@ -21,11 +22,7 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def _lenient(request: Request) -> bool:
-    prefer = request.headers.get("prefer", "")
-    settings = {
-        part.strip().replace(" ", "") for chunk in prefer.split(",") for part in chunk.split(";")
-    }
-    return "handling=lenient" in settings
+    return preference(request.headers.get("prefer")).lenient
 
 
 def _pairs(request: Request) -> list[tuple[str, str]]:

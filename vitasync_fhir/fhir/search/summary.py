@@ -7,14 +7,12 @@ specification asks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from functools import cache
 
 import orjson
 
 from vitasync_fhir.fhir.search import registry
-from vitasync_fhir.fhir.validation import choice_siblings
+from vitasync_fhir.fhir.validation import choice_of
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -24,21 +22,6 @@ SUBSETTED = {
 _ALWAYS = ("resourceType", "id", "meta")
 
 
-@cache
-def _choice_of(resource_type: str, key: str) -> str | None:
-    """The choice element `key` is one type of ("value" for "valueQuantity"), from the R4
-    definitions; None when `key` is no choice type. Every R4 choice has two types or more, and
-    each type's name starts with a capital, which marks where the element's name ends."""
-    siblings = choice_siblings(resource_type, key)
-    if not siblings:
-        return None
-    members = (key, *siblings)
-    stem = os.path.commonprefix(members)
-    while stem and not all(m[len(stem) : len(stem) + 1].isupper() for m in members):
-        stem = stem[:-1]
-    return stem or None
-
-
 def _keep(resource: dict, resource_type: str, names: Iterable[str]) -> dict:
     """The elements of `resource` named in `names` (a choice by its name, `value` or `value[x]`,
     keeps whichever type the resource has), with the ones always kept; `_x` goes with `x`."""
@@ -46,7 +29,7 @@ def _keep(resource: dict, resource_type: str, names: Iterable[str]) -> dict:
     out = {}
     for key, value in resource.items():
         plain = key[1:] if key.startswith("_") else key
-        if plain in wanted or _choice_of(resource_type, plain) in wanted:
+        if plain in wanted or choice_of(resource_type, plain) in wanted:
             out[key] = value
     return out
 
