@@ -142,3 +142,15 @@ def threaded(app: FastAPI, port: int) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def live_app(settings: Settings) -> Iterator[Settings]:
+    """The app of `settings` under uvicorn on a free loopback port; yields its settings, whose
+    base_url is where it listens (links it makes point there)."""
+    from vitasync_fhir.app import create_app
+
+    port = free_port()
+    served = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
+    with threaded(create_app(served), port):
+        yield served

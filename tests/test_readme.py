@@ -16,3 +16,10 @@ def test_readme_configuration_table_matches_settings() -> None:
     assert text[start : end + 1] == markdown_table(), (
         "README's configuration table is stale: python -m vitasync_fhir.config prints it"
     )
+
+
+def test_every_default_in_the_table_is_a_value() -> None:
+    """A default made by a factory is shown as its value, not as pydantic's placeholder."""
+    table = markdown_table()
+    assert "PydanticUndefined" not in table
+    assert "| `VITASYNC_CORS_ORIGINS` | `[]` |" in table

@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from vitasync_fhir import __version__, errors, heap, openapi
 from vitasync_fhir.api.routes import routers as api_routers
+from vitasync_fhir.auth.account_pages import router as account_router
 from vitasync_fhir.auth.oauth_routes import router as oauth_router
 from vitasync_fhir.auth.oauth_routes import well_known
 from vitasync_fhir.auth.routes import router as auth_router
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(documents_router)
     app.include_router(verify_router)
+    app.include_router(account_router)
     openapi.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.cors_origins:  # browser SMART apps on other origins

@@ -1,5 +1,6 @@
 """Settings: environment variables with the VITASYNC_ prefix, or a `.env` file."""
 
+import json
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -216,9 +217,12 @@ def markdown_table() -> str:
     vitasync_fhir.config`); tests/test_readme.py keeps README equal to it."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "(unset)" if field.default is None else f"`{field.default}`"
-        if isinstance(field.default, Path):
-            default = f"`{field.default}`"
+        value = field.get_default(call_default_factory=True)
+        default = (
+            "(unset)"
+            if value is None
+            else f"`{json.dumps(value) if isinstance(value, list) else value}`"
+        )
         rows.append(f"| `VITASYNC_{name.upper()}` | {default} | {field.description or ''} |")
     return "\n".join(rows) + "\n"
 

@@ -10,11 +10,10 @@ import httpx
 import pytest
 import zxingcpp
 from documents_helpers import PASSWORD, medication_request, patient, practitioner
-from live import CHROMIUM_ARGS, chromium_path, free_port, threaded
+from live import CHROMIUM_ARGS, chromium_path, live_app
 from PIL import Image
 from support import auth_headers, service_headers
 
-from vitasync_fhir.app import create_app
 from vitasync_fhir.config import Settings
 
 
@@ -25,10 +24,7 @@ def chromium() -> Path:
 
 @pytest.fixture
 def live(settings: Settings) -> Iterator[Settings]:
-    """The app under uvicorn on a free loopback port; its settings."""
-    port = free_port()
-    served = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
-    with threaded(create_app(served), port):
+    with live_app(settings) as served:
         yield served
 
 

@@ -15,7 +15,9 @@ from vitasync_fhir.notify.worker import hosted, serving
 def test_each_email_arrives_once_with_its_content(
     settings: Settings, smtp: SmtpServer, queue_url: str | None
 ) -> None:
-    config = smtp.settings(settings, redis_url=queue_url)
+    # With a frontend configured, appointment e-mails link to its pages (tests/auth checks the
+    # default, where they say how to change one instead).
+    config = smtp.settings(settings, redis_url=queue_url, email_link_url="https://app.example.org")
     sent = [
         email("registration", to="nora@example.org", name="Nora Field"),
         email("appointment-created", to="jane@example.org", appointment_id="apt-1"),
@@ -71,7 +73,7 @@ def test_each_email_arrives_once_with_its_content(
     assert moved.message["Subject"] == "Appointment moved to 6 Mar 2030 at 14:00"
     for body in (moved.text, moved.html):
         assert "Wednesday 6 March 2030" in body and "now works on Wednesdays" in body
-        assert "/appointments/apt-2" in body
+        assert "https://app.example.org/appointments/apt-2" in body
 
     cancelled = arrivals["appointment-cancelled"]
     assert cancelled.rcpt_tos == ["sam@example.org"]

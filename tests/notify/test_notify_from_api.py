@@ -30,7 +30,7 @@ def test_api_calls_deliver_their_emails_once(
                 "family": "Field",
             },
         )
-        assert signed_up.status_code == 201, signed_up.text
+        assert signed_up.status_code == 202, signed_up.text
         patient = api.post(
             "/api/patients",
             json={"family_name": "Doe", "given_name": "Jane", "email": "jane@example.org"},

@@ -198,8 +198,23 @@ async def register(
     password: str,
     given: str | None,
     family: str | None,
-) -> User:
-    """A patient signs up: an unverified account, its Patient, and the verification e-mail."""
+) -> User | None:
+    """A patient signs up: an unverified account, its Patient, and the verification e-mail.
+
+    An address that has an account already is told so by e-mail, and None comes back: the caller
+    answers both alike, so that signing up does not tell a stranger who has an account here.
+    """
+    problem = passwords.password_problem(password)
+    if problem:
+        raise AccountError(422, problem)
+    existing = await find_by_email(session, normal_email(email))
+    if existing is not None:
+        passwords.hash_password(password)  # the work a new account costs: no tell in the timing
+        day = _now().date().isoformat()  # one such e-mail a day, however often it is tried
+        await _send(
+            session, settings, "account-exists", existing, {}, dedup=f"exists:{existing.id}:{day}"
+        )
+        return None
     user = await create_user(
         session,
         email=email,
@@ -210,13 +225,21 @@ async def register(
         family=family,
     )
     token, expires = await _account_token(session, settings, user.id, VERIFY)
-    if settings.email_link_url:  # the frontend's page, which calls GET /api/auth/verify-email
-        link = f"{settings.email_link_url.rstrip('/')}/verify-email?token={token}"
-    else:
-        link = f"{settings.base_url.rstrip('/')}/api/auth/verify-email?token={token}"
-    context = {"verify_url": link, "verify_expires": expires.isoformat(), "name": given or ""}
+    context = {
+        "verify_url": email_link(settings, VERIFY, token),
+        "verify_expires": expires.isoformat(),
+        "name": given or "",
+    }
     await _send(session, settings, "registration", user, context, dedup=f"registration:{user.id}")
     return user
+
+
+def email_link(settings: Settings, purpose: str, token: str) -> str:
+    """The link an e-mail carries: the frontend's page when one is configured, else this server's
+    own page under /account (auth.account_pages), which a browser opens without any app."""
+    if settings.email_link_url:
+        return f"{settings.email_link_url.rstrip('/')}/{purpose}?token={token}"
+    return f"{settings.base_url.rstrip('/')}/account/{purpose}?token={token}"
 
 
 async def _send(
@@ -288,10 +311,9 @@ async def request_password_reset(session: AsyncSession, settings: Settings, *, e
     if user is None or not user.active:
         return
     token, expires = await _account_token(session, settings, user.id, RESET)
-    # The frontend's page asks for the new password and posts it to /password-reset/confirm.
-    base = (settings.email_link_url or settings.base_url).rstrip("/")
+    # The page asks for the new password and posts it to /password-reset/confirm.
     context = {
-        "reset_url": f"{base}/reset-password?token={token}",
+        "reset_url": email_link(settings, RESET, token),
         "reset_expires": expires.isoformat(),
     }
     await _send(

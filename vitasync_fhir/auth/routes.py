@@ -21,6 +21,7 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 WRONG_CREDENTIALS = "The e-mail address or the password is wrong"
+CHECK_EMAIL = "Check your e-mail: a link to confirm the address is on its way"
 
 # Text that may reach the database: PostgreSQL text cannot hold NUL, so it is refused up front.
 Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
@@ -76,12 +77,13 @@ def _tokens_answer(pair: dict) -> JSONResponse:
     return JSONResponse({k: v for k, v in pair.items() if not k.startswith("_")}, headers=NO_STORE)
 
 
-@router.post("/register", status_code=201)
+@router.post("/register", status_code=202)
 async def register(body: Registration, request: Request, session: SessionDep) -> JSONResponse:
-    """Create a patient account and its Patient resource; a verification link is e-mailed."""
+    """Sign up as a patient: a link to confirm the address is e-mailed (the same answer whether or
+    not the address has an account; its owner is told by e-mail)."""
     settings = request.app.state.settings
     try:
-        user = await accounts.register(
+        await accounts.register(
             session,
             settings,
             email=body.email,
@@ -91,7 +93,8 @@ async def register(body: Registration, request: Request, session: SessionDep) ->
         )
     except AccountError as error:
         raise _fail(error) from None
-    return JSONResponse(user.public(), status_code=201)
+    answer = {"email": accounts.normal_email(body.email), "detail": CHECK_EMAIL}
+    return JSONResponse(answer, status_code=202)
 
 
 @router.get("/verify-email")

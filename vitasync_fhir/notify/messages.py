@@ -35,6 +35,7 @@ from vitasync_fhir.config import Settings
 # What each kind needs in its context; `enqueue` refuses a context without it.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "registration": ("verify_url",),
+    "account-exists": (),
     "password-reset": ("reset_url",),
     "appointment-created": ("appointment_id", "start"),
     "appointment-rescheduled": ("appointment_id", "start"),
@@ -118,9 +119,19 @@ def _values(settings: Settings, context: dict) -> dict:
         "email": settings.clinic_email,
     }
     base = link_base(settings)
-    defaults = {"sign_in_url": f"{base}/login", "name": "", "doctor_name": ""}
+    # Signing in and changing an appointment are the web frontend's pages: without one configured
+    # the e-mails say how instead of linking to pages this server does not have.
+    frontend = bool(settings.email_link_url)
+    defaults = {
+        "sign_in_url": f"{base}/login" if frontend else "",
+        "forgot_url": "" if frontend else f"{base}/account/forgot-password",
+        "name": "",
+        "doctor_name": "",
+    }
     if context.get("appointment_id"):
-        defaults["cancel_url"] = f"{base}/appointments/{context['appointment_id']}"
+        defaults["cancel_url"] = (
+            f"{base}/appointments/{context['appointment_id']}" if frontend else ""
+        )
     return {**defaults, **context, "clinic": clinic, "link_base": base}
 
 
