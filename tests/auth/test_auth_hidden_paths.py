@@ -226,3 +226,71 @@ def test_a_patient_writes_nothing_into_another_patients_record(client, anonymous
     # reading a resource shared with another patient stays allowed
     shared = create(client, both)["id"]
     assert anonymous.get(f"/fhir/Appointment/{shared}", headers=me).status_code == 200
+
+
+def _history_of(anonymous, url: str, rid: str, headers: dict) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    answer = anonymous.get(url, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return [
+        (e["request"]["method"], e["response"]["etag"])
+        for e in answer.json().get("entry", [])
+        if e["request"]["url"].endswith(rid) or e.get("resource", {}).get("id") == rid
+    ]
+
+
+def test_history_shows_a_deletion_only_to_whom_the_deleted_version_was_visible(
+    client, anonymous, signed_in
+):
+    """An id reused for another patient: its deletion as the other patient's record stays
+    hidden from the new owner, as the version it deleted is (vread answers 404)."""
+    own, other = _people(client)
+    obs = observation(patient_ref=f"Patient/{other}")
+    rid = create(client, obs)["id"]
+    assert client.delete(f"/fhir/Observation/{rid}").status_code == 204
+    mine = {**obs, "id": rid, "subject": {"reference": f"Patient/{own}"}}
+    assert client.put(f"/fhir/Observation/{rid}", json=mine, headers=FHIR_JSON).status_code == 201
+    me = signed_in(role="patient", patient_id=own)
+    for url in (
+        f"/fhir/Observation/{rid}/_history",
+        "/fhir/Observation/_history",
+        "/fhir/_history",
+    ):
+        assert _history_of(anonymous, url, rid, me) == [("PUT", 'W/"3"')], url
+    assert anonymous.get(f"/fhir/Observation/{rid}/_history/2", headers=me).status_code == 404
+    staff = _history_of(client, f"/fhir/Observation/{rid}/_history", rid, {})
+    assert staff == [("PUT", 'W/"3"'), ("DELETE", 'W/"2"'), ("POST", 'W/"1"')]
+
+
+def test_a_patient_sees_the_deletions_of_their_own_records_in_history(client, anonymous, signed_in):
+    """A deleted resource has left the compartments; its versions still show in the type and
+    system history of the patient whose record it was, and of no one else."""
+    own, other = _people(client)
+    mine = create(client, observation(patient_ref=f"Patient/{own}"))["id"]
+    theirs = create(client, observation(patient_ref=f"Patient/{other}"))["id"]
+    for rid in (mine, theirs):
+        assert client.delete(f"/fhir/Observation/{rid}").status_code == 204
+    me = signed_in(role="patient", patient_id=own)
+    for url in ("/fhir/Observation/_history", "/fhir/_history"):
+        assert _history_of(anonymous, url, mine, me) == [("DELETE", 'W/"2"'), ("POST", 'W/"1"')]
+        assert _history_of(anonymous, url, theirs, me) == []
+
+
+def test_history_tells_patches_and_re_creations_as_they_were(client):
+    rid = create(client, observation(patient_ref="Patient/x"))["id"]
+    patched = client.patch(
+        f"/fhir/Observation/{rid}",
+        json=[{"op": "replace", "path": "/status", "value": "amended"}],
+        headers=JSON_PATCH,
+    )
+    assert patched.status_code == 200, patched.text
+    assert client.delete(f"/fhir/Observation/{rid}").status_code == 204
+    again = {**patched.json(), "status": "final"}
+    assert client.put(f"/fhir/Observation/{rid}", json=again, headers=FHIR_JSON).status_code == 201
+    entries = client.get(f"/fhir/Observation/{rid}/_history").json()["entry"]
+    told = [(e["request"]["method"], e["response"]["status"]) for e in entries]
+    assert told == [
+        ("PUT", "201 Created"),
+        ("DELETE", "204 No Content"),
+        ("PATCH", "200 OK"),
+        ("POST", "201 Created"),
+    ]

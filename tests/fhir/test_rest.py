@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 from factories import FHIR_JSON, create, observation, patient
@@ -499,3 +501,46 @@ def test_a_delete_tells_no_hidden_resource_from_none(client, anonymous, settings
     nurse = auth_headers(settings, role="nurse")  # may not delete Observations at all
     for rid in (hidden, "never-made"):
         assert anonymous.delete(f"/fhir/Observation/{rid}", headers=nurse).status_code == 403
+
+
+def test_history_at_lists_the_versions_current_during_a_period(client):
+    pid = create(client, patient(family="A"))["id"]
+    moments = []
+    for family in ("B", "C"):
+        time.sleep(0.05)
+        moments.append(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z")
+        time.sleep(0.05)
+        client.put(f"/fhir/Patient/{pid}", json=patient(id=pid, family=family), headers=FHIR_JSON)
+    between_1_2, between_2_3 = moments
+
+    def versions(at: str) -> list[str]:
+        answer = client.get(f"/fhir/Patient/{pid}/_history", params={"_at": at})
+        assert answer.status_code == 200, answer.text
+        return [e["resource"]["meta"]["versionId"] for e in answer.json().get("entry", [])]
+
+    assert versions(between_1_2) == ["1"]
+    assert versions(between_2_3) == ["2"]
+    assert versions("ge" + between_1_2) == ["3", "2", "1"]
+    assert versions("gt" + between_2_3) == ["3", "2"]
+    assert versions("lt" + between_1_2) == ["1"]
+    assert versions("le" + between_2_3) == ["2", "1"]
+    assert versions("2999") == ["3"]  # the current version is current on and on
+    assert versions("1999") == []
+    assert client.get("/fhir/Patient/_history", params={"_at": "eb2020"}).status_code == 400
+    assert client.get("/fhir/_history", params={"_at": "someday"}).status_code == 400
+
+
+def test_history_since_takes_only_a_fhir_instant(client):
+    for value in (
+        "20200101T000000Z",
+        "2020-01-01 00:00:00Z",
+        "2020-01-01T00:00:00Z\x00",
+        "2020-01-01",
+    ):
+        answer = client.get("/fhir/_history", params={"_since": value})
+        assert answer.status_code == 400, value
+        assert answer.json()["issue"][0]["expression"] == ["_since"]
+    assert (
+        client.get("/fhir/_history", params={"_since": "2020-01-01T00:00:00+02:00"}).status_code
+        == 200
+    )

@@ -185,9 +185,11 @@ class Access:
             if free:
                 parts.append(table.c.resource_type.in_(free))
             if limited and patient is not None:
-                parts.append(
-                    and_(table.c.resource_type.in_(limited), policy.patient_clause(table, patient))
-                )
+                # A deleted resource has left every compartment; in a history its versions are
+                # kept here and judged one by one against their content (fhir/history.py).
+                deleted = interaction.startswith("history")
+                member = policy.patient_clause(table, patient, or_deleted=deleted)
+                parts.append(and_(table.c.resource_type.in_(limited), member))
             if owned:
                 parts.append(
                     and_(table.c.resource_type.in_(owned), ownership.clause(table, caller))

@@ -28,6 +28,7 @@ from vitasync_fhir.auth.scopes import Scope
 # every current resource, kept by the search indexer; a Patient is in its own compartment.
 from vitasync_fhir.fhir.search.tables import resource_compartments
 from vitasync_fhir.fhir.search.values import local_reference
+from vitasync_fhir.fhir.tables import resources as current_resources
 
 Role = Literal["admin", "doctor", "nurse", "patient", "pharmacist"]
 ROLES: tuple[Role, ...] = ("admin", "doctor", "nurse", "patient", "pharmacist")
@@ -339,8 +340,11 @@ def restrict(
     return _compartment_clause(resource_type, decision.patient_id)
 
 
-def patient_clause(resources: FromClause, patient_id: str) -> ColumnElement[bool]:
-    """Rows of `resources` (any types) in the patient's compartment, the Patient itself included."""
+def patient_clause(
+    resources: FromClause, patient_id: str, *, or_deleted: bool = False
+) -> ColumnElement[bool]:
+    """Rows of `resources` (any types) in the patient's compartment, the Patient itself included;
+    with `or_deleted`, also the rows of every resource deleted now, which has no compartment."""
     rc = resource_compartments
     member = exists(
         select(1).where(
@@ -351,7 +355,17 @@ def patient_clause(resources: FromClause, patient_id: str) -> ColumnElement[bool
         )
     )
     itself = and_(resources.c.resource_type == "Patient", resources.c.id == patient_id)
-    return or_(itself, member)
+    if not or_deleted:
+        return or_(itself, member)
+    current = current_resources
+    deleted = exists(
+        select(1).where(
+            current.c.resource_type == resources.c.resource_type,
+            current.c.id == resources.c.id,
+            current.c.deleted.is_(True),
+        )
+    )
+    return or_(itself, member, deleted)
 
 
 def _compartment_clause(resource_type: str, patient_id: str) -> Restriction:

@@ -237,7 +237,9 @@ class Transaction:
             write = r.plan_create(entry.resource_type, resource, resource_id=entry.resource_id)
             write = Write(write.version, write.resource, None)
         else:
-            write = r.plan_update(current, entry.resource_type, entry.resource_id, resource)
+            write = r.plan_update(
+                current, entry.resource_type, entry.resource_id, resource, method=entry.method
+            )
             if write is None:
                 entry.existing = current
                 entry.response = _response("200 OK", current, self.base)

@@ -255,7 +255,13 @@ class Resources:
         return Write(version=version, resource=resource, replaces=None)
 
     def plan_update(
-        self, current: Version | None, resource_type: str, resource_id: str, data: dict
+        self,
+        current: Version | None,
+        resource_type: str,
+        resource_id: str,
+        data: dict,
+        *,
+        method: str = "PUT",
     ) -> Write | None:
         """The write that makes `data` current, or None when nothing would change."""
         if (
@@ -267,7 +273,7 @@ class Resources:
         next_version = current.version_id + 1 if current else 1
         moment = now()
         content, resource = stamp(data, resource_type, resource_id, next_version, moment)
-        version = Version(resource_type, resource_id, next_version, moment, False, content, "PUT")
+        version = Version(resource_type, resource_id, next_version, moment, False, content, method)
         return Write(
             version=version, resource=resource, replaces=current.version_id if current else None
         )
@@ -311,8 +317,15 @@ class Resources:
         return Saved(write.version, created=True)
 
     async def update(
-        self, resource_type: str, resource_id: str, data: object, *, if_match: str | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        data: object,
+        *,
+        if_match: str | None = None,
+        method: str = "PUT",
     ) -> Saved:
+        """Replace (or create) the resource; `method` is what history records (PUT or PATCH)."""
         check_type(resource_type)
         check_id(resource_id)
         await self.access.require(resource_type, "update", resource_id=resource_id)
@@ -328,7 +341,7 @@ class Resources:
             current = await self.store.current(resource_type, resource_id, for_update=True)
             await self.permit_write(resource_type, resource, "update", current)
             _check_precondition(current, expected, resource_type, resource_id)
-            write = self.plan_update(current, resource_type, resource_id, resource)
+            write = self.plan_update(current, resource_type, resource_id, resource, method=method)
             if write is None:
                 assert current is not None
                 return Saved(current, created=False)
@@ -367,7 +380,7 @@ class Resources:
         if patched.get("id") != resource_id:
             raise FhirError(422, "processing", "A patch may not change the resource's id or type")
         return await self.update(
-            resource_type, resource_id, patched, if_match=if_match or current.etag
+            resource_type, resource_id, patched, if_match=if_match or current.etag, method="PATCH"
         )
 
     async def delete(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, bindparam, func, select, true, tuple_, update
+from sqlalchemy import and_, bindparam, func, or_, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,7 @@ from vitasync_fhir.fhir.tables import resource_history, resources
 
 # The access layer's filter on a table with resource_type and id columns (None: no filter).
 Restriction = Callable[[FromClause], ColumnElement[bool] | None]
+Period = tuple[datetime | None, datetime | None]  # [low, high); None is open
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,16 @@ class Store:
         row = await self._first(_VERSION, params)
         return _version(row) if row else None
 
+    async def previous(self, versions: Sequence[Version]) -> dict[tuple[str, str, int], Version]:
+        """The version before each of `versions` that has one, keyed by (type, id, version)."""
+        h = resource_history
+        keys = [(v.resource_type, v.id, v.version_id - 1) for v in versions if v.version_id > 1]
+        if not keys:
+            return {}
+        query = select(h).where(tuple_(h.c.resource_type, h.c.id, h.c.version_id).in_(keys))
+        rows = (await self.session.execute(query)).all()
+        return {(r.resource_type, r.id, r.version_id + 1): _version(r) for r in rows}
+
     async def write(self, writes: Sequence[Write]) -> None:
         """Store new versions, their history and index rows, in the caller's transaction."""
         if not writes:
@@ -235,13 +246,14 @@ class Store:
         resource_type: str | None = None,
         resource_id: str | None = None,
         since: datetime | None = None,
+        at: Period | None = None,
         before_seq: int | None = None,
         limit: int,
         restrict: Restriction | None = None,
     ) -> list[tuple[int, Version]]:
         """Versions newest first, keyset-paged by the global write sequence."""
         h = resource_history
-        where = _history_filter(resource_type, resource_id, since, restrict)
+        where = _history_filter(resource_type, resource_id, since, at, restrict)
         if before_seq is not None:
             where = and_(where, h.c.seq < before_seq)
         query = select(h).where(where).order_by(h.c.seq.desc()).limit(limit)
@@ -254,9 +266,10 @@ class Store:
         resource_type: str | None = None,
         resource_id: str | None = None,
         since: datetime | None = None,
+        at: Period | None = None,
         restrict: Restriction | None = None,
     ) -> int:
-        where = _history_filter(resource_type, resource_id, since, restrict)
+        where = _history_filter(resource_type, resource_id, since, at, restrict)
         query = select(func.count()).select_from(resource_history).where(where)
         return int((await self.session.execute(query)).scalar_one())
 
@@ -265,6 +278,7 @@ def _history_filter(  # type: ignore[no-untyped-def]
     resource_type: str | None,
     resource_id: str | None,
     since: datetime | None,
+    at: Period | None,
     restrict: Restriction | None,
 ):
     h = resource_history
@@ -275,11 +289,34 @@ def _history_filter(  # type: ignore[no-untyped-def]
         conditions.append(h.c.id == resource_id)
     if since is not None:
         conditions.append(h.c.last_updated >= since)
+    if at is not None:
+        conditions.extend(_current_during(*at))
     if restrict is not None:
         clause = restrict(h)
         if clause is not None:
             conditions.append(clause)
     return and_(*conditions)
+
+
+def _current_during(low: datetime | None, high: datetime | None) -> list[ColumnElement[bool]]:
+    """A version is current from its lastUpdated until the next version's: it was current at
+    some moment of [low, high) when it began before `high` and the next began after `low`."""
+    h, later = resource_history, resource_history.alias("later")
+    conditions = []
+    if high is not None:
+        conditions.append(h.c.last_updated < high)
+    if low is not None:
+        ended = (
+            select(later.c.last_updated)
+            .where(
+                later.c.resource_type == h.c.resource_type,
+                later.c.id == h.c.id,
+                later.c.version_id == h.c.version_id + 1,
+            )
+            .scalar_subquery()
+        )
+        conditions.append(or_(ended.is_(None), ended > low))
+    return conditions
 
 
 def write_new(connection: Connection, writes: Sequence[Write]) -> None:

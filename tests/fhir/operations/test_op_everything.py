@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from factories import create, observation
+from factories import FHIR_JSON, create, observation, patient
 from fastapi.testclient import TestClient
 from operations_support import populate
+from support import BASE_URL, service_headers
+
+from vitasync_fhir.app import create_app
 
 
 def _pages(client: TestClient, url: str, **headers: str) -> list[dict]:
@@ -69,7 +72,8 @@ def test_type_and_since(client: TestClient) -> None:
     typed = _pages(client, f"/fhir/Patient/{pid}/$everything?_type=Observation,Practitioner")
     matches, includes = _split(typed)
     assert set(matches) == {k for k in people.records[pid] if k[0] == "Observation"}
-    assert includes == set()  # Observations refer to no Practitioner here
+    # The record's Practitioner (its Encounters name it): _type filters the whole record
+    assert includes == {("Practitioner", people.practitioner)}
     encounters = _pages(client, f"/fhir/Patient/{pid}/$everything?_type=Encounter,Practitioner")
     matches, includes = _split(encounters)
     assert [m[0] for m in matches] == ["Encounter"]
@@ -108,3 +112,61 @@ def test_access_and_errors(client: TestClient, signed_in) -> None:  # type: igno
     assert client.get(f"/fhir/Patient/{theirs}/$everything").status_code == 410
     trail = client.get("/fhir/AuditEvent", params={"_count": 1000}).json().get("entry", [])
     assert any(e["resource"]["subtype"][0]["code"] == "operation" for e in trail)
+
+
+def test_resources_the_record_refers_to_are_not_crowded_out(settings) -> None:  # type: ignore[no-untyped-def]
+    """References to the record's own resources used up the page's include limit before the
+    Practitioner an Observation names was reached: it was left out of every page, unsaid."""
+    small = settings.model_copy(update={"max_page_size": 5})
+    with TestClient(create_app(small), base_url=BASE_URL) as api:
+        api.headers.update(service_headers(small))
+        pid = create(api, patient(family="Crowded"))["id"]
+        ref = f"Patient/{pid}"
+        siblings = [create(api, observation(patient_ref=ref))["id"] for _ in range(6)]
+        doc = create(api, {"resourceType": "Practitioner", "name": [{"family": "Far"}]})["id"]
+        named = observation(patient_ref=ref)
+        named["hasMember"] = [{"reference": f"Observation/{s}"} for s in siblings]
+        named["performer"] = [{"reference": f"Practitioner/{doc}"}]
+        create(api, named)
+        _, includes = _split(_pages(api, f"/fhir/Patient/{pid}/$everything?_count=5"))
+        assert ("Practitioner", doc) in includes
+
+
+def test_type_naming_only_what_the_record_refers_to(client: TestClient) -> None:
+    pid = create(client, patient(family="Meds"))["id"]
+    med = create(client, {"resourceType": "Medication", "code": {"text": "Aspirin"}})["id"]
+    create(client, {"resourceType": "Medication", "code": {"text": "Not theirs"}})
+    request = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{pid}"},
+        "medicationReference": {"reference": f"Medication/{med}"},
+    }
+    create(client, request)
+    matches, includes = _split(_pages(client, f"/fhir/Patient/{pid}/$everything?_type=Medication"))
+    assert matches == [] and includes == {("Medication", med)}
+
+
+def test_everything_is_an_operation_that_may_be_posted(client: TestClient) -> None:
+    people = populate(client, patients=1)
+    pid = people.patients[0]
+    parameters = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "_type", "valueString": "Observation"},
+            {"name": "_count", "valueInteger": 1},
+        ],
+    }
+    answer = client.post(f"/fhir/Patient/{pid}/$everything", json=parameters, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    first = answer.json()
+    assert [e["resource"]["resourceType"] for e in first["entry"]] == ["Observation"]
+    rest = _pages(client, next(k["url"] for k in first["link"] if k["relation"] == "next"))
+    matches, _ = _split([first, *rest])
+    assert set(matches) == {k for k in people.records[pid] if k[0] == "Observation"}
+    plain = client.post(f"/fhir/Patient/{pid}/$everything")
+    assert plain.status_code == 200 and plain.json()["total"] == len(people.records[pid])
+    bad = {"resourceType": "Parameters", "parameter": [{"name": "_count"}]}
+    wrong = client.post(f"/fhir/Patient/{pid}/$everything", json=bad, headers=FHIR_JSON)
+    assert wrong.status_code == 400 and wrong.json()["resourceType"] == "OperationOutcome"

@@ -100,7 +100,7 @@ async def search(
         system=request.system,
     )
     count = settings.default_page_size if q.count is None else q.count
-    issues = _outcome_entries(q.ignored)
+    issues = outcome_entries(q.ignored)
     self_link = ("self", _link(settings, request.path, q.used))
     if count == 0 or q.summary == "count":
         total = await query.count_matches(
@@ -140,7 +140,7 @@ async def search(
         )
         entries.extend(_entry(settings, row, q, "include") for row in extra.rows)
         cut = [_cut_issue(include, why, settings) for include, why in extra.cut.items()]
-        issues = _outcome_entries([*q.ignored, *cut])
+        issues = outcome_entries([*q.ignored, *cut])
     return bundle(bundle_type="searchset", entries=[*entries, *issues], total=total, links=links)
 
 
@@ -199,7 +199,7 @@ def _entry(settings: Settings, row: Sequence, q: Query, mode: str) -> str:
     )
 
 
-def _outcome_entries(issues: Sequence[Issue]) -> list[str]:
+def outcome_entries(issues: Sequence[Issue]) -> list[str]:
     """One OperationOutcome entry (search.mode outcome) with every issue of the search, if any:
     parameters ignored in lenient handling, includes cut."""
     if not issues:
