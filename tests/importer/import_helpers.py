@@ -12,8 +12,20 @@ from pathlib import Path
 from factories import observation, patient
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
 
+from vitasync_fhir.cli import cli
 from vitasync_fhir.db import sync_url
+
+
+def run_import(database_url: str, *args: str) -> tuple[int, str]:
+    """The command in this process (its exit code and everything it printed)."""
+    runner = CliRunner()
+    env = {"VITASYNC_DATABASE_URL": database_url, "VITASYNC_BASE_URL": "http://testserver"}
+    result = runner.invoke(cli, ["import", "--quiet", *args], env=env)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
 
 
 def patient_bundle(mrn: str, *, observations: int = 2, kind: str = "transaction") -> dict:

@@ -15,6 +15,7 @@ from import_helpers import (
     Counts,
     ndjson_lines,
     patient_bundle,
+    run_import,
     write_archive,
     write_json,
 )
@@ -23,16 +24,6 @@ from typer.testing import CliRunner
 
 from vitasync_fhir.cli import cli
 from vitasync_fhir.db import sync_url
-
-
-def run_import(database_url: str, *args: str) -> tuple[int, str]:
-    """The command in this process (its exit code and everything it printed)."""
-    runner = CliRunner()
-    env = {"VITASYNC_DATABASE_URL": database_url, "VITASYNC_BASE_URL": "http://testserver"}
-    result = runner.invoke(cli, ["import", "--quiet", *args], env=env)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_transaction_and_batch_bundles_load_and_a_second_run_skips_them(

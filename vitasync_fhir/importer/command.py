@@ -22,7 +22,7 @@ from rich.progress import (
 from vitasync_fhir import migrations
 from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database, is_sqlite
-from vitasync_fhir.importer import sources
+from vitasync_fhir.importer import inputs, sources
 from vitasync_fhir.importer.load import Loader, Tally
 
 MAX_PASSES = 5
@@ -46,22 +46,30 @@ def import_command(
     settings = Settings()
     if is_sqlite(settings.database_url):
         migrations.upgrade(settings.database_url)
-    files, problems = sources.expand(paths)
+    found = inputs.expand(paths)
+    tally = Tally(files=len(found.files))
+    for problem in found.problems:
+        tally.fail(problem)
+    for note in found.notes:
+        tally.note(note)
     started = time.perf_counter()
     options = _Options(batch_size=batch_size, jobs=jobs)
-    tally = asyncio.run(_run(settings, files, options, console, quiet=quiet))
-    tally.failures[:0] = problems
-    tally.files = len(files)
+    asyncio.run(_run(settings, found.files, options, tally, console, quiet=quiet))
     _summary(console, tally, time.perf_counter() - started)
     if tally.failures:
         raise typer.Exit(1)
 
 
 async def _run(
-    settings: Settings, files: list[Path], options: _Options, console: Console, *, quiet: bool
-) -> Tally:
+    settings: Settings,
+    files: list[Path],
+    options: _Options,
+    tally: Tally,
+    console: Console,
+    *,
+    quiet: bool,
+) -> None:
     database = Database(settings)
-    tally = Tally()
     columns = (
         TextColumn("[bold]import"),
         BarColumn(),
@@ -95,17 +103,14 @@ async def _run(
                     break
                 if tally.units == before:
                     # Nothing new loaded, so another pass cannot resolve them either.
-                    tally.failures += [
-                        sources.Problem(place, key, reason)
-                        for (place, key), reason in tally.deferred.items()
-                    ]
+                    for (place, key), reason in tally.deferred.items():
+                        tally.fail(sources.Problem(place, key, reason))
                     break
                 wanted = set(tally.deferred)
             if tally.resources:
                 await _analyze(database)
         finally:
             await database.dispose()
-    return tally
 
 
 async def _analyze(database: Database) -> None:
@@ -135,11 +140,17 @@ async def _pass(  # type: ignore[no-untyped-def]
             for done in finished:
                 done.result()
 
+    retried = None if wanted is None else {place.source for place, _ in wanted}
     for item in sources.read(files, batch_size=options.batch_size, progress=progress):
         bar.update(task, total=progress.total, completed=progress.done)
+        if isinstance(item, sources.Note):
+            tally.note(item)
+            continue
         if isinstance(item, sources.Problem):
-            if wanted is None:
-                tally.failures.append(item)
+            # A retry pass reports what keeps it from its units (a file gone since), not again
+            # the problems of files it has no business with.
+            if retried is None or item.place.source in retried:
+                tally.fail(item)
             continue
         if wanted is not None and not _wanted(item, wanted):
             continue
@@ -155,7 +166,8 @@ async def _pass(  # type: ignore[no-untyped-def]
 def _wanted(unit: sources.Unit, wanted: set) -> bool:
     if (unit.place, unit.key) in wanted:
         return True
-    # A line deferred on its own comes back inside its run; the loader skips the run's done lines.
+    # A line deferred on its own comes back inside its run; the loader passes over the lines this
+    # run has counted already.
     return bool(unit.lines) and any(
         place == unit.place and key.startswith("line ") for place, key in wanted
     )
@@ -173,9 +185,11 @@ def _summary(console: Console, tally: Tally, seconds: float) -> None:
             f"skipped {tally.skipped_units:,} units ({tally.skipped_resources:,} resources) "
             "imported before"
         )
+    for note in tally.notes:
+        console.print(f"note: {note.place}: {note.text}", markup=False, highlight=False)
     if tally.failures:
         console.print(f"[red]{len(tally.failures):,} failed:[/red]")
-        for problem in tally.failures:
+        for problem in tally.failures.values():
             where = f"{problem.place} {problem.key}".strip()
             console.print(f"  {where}: {problem.reason}", markup=False, highlight=False)
     else:

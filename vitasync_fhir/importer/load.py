@@ -3,7 +3,10 @@
 Each unit commits with its `import_progress` row in one transaction. A run of NDJSON lines that
 fails is retried line by line, so one bad line is reported and its neighbours still load. A unit
 whose conditional reference finds nothing yet (a Synthea patient before the practitioner bundle
-it points at) is deferred to another pass over the input.
+it points at) is deferred to another pass over the input. A retry pass meets units it has no
+business with as well (a deferred line comes back inside its run): what this run has counted
+already (loaded, skipped or failed) is passed over, so each unit is counted and each problem
+reported once, and only units an earlier run recorded count as imported before.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from vitasync_fhir.auth.access import Access
 from vitasync_fhir.db import Database, mark_written, unit_of_work
 from vitasync_fhir.fhir import bundles
 from vitasync_fhir.fhir.bundle_entries import parse_entries
-from vitasync_fhir.fhir.outcomes import FhirError
-from vitasync_fhir.importer.sources import Place, Problem, Unit, lines_unit, transaction_of
+from vitasync_fhir.fhir.outcomes import FhirError, Issue
+from vitasync_fhir.importer.sources import Note, Place, Problem, Unit, lines_unit, transaction_of
 from vitasync_fhir.importer.tables import import_progress
 
 UNRESOLVED = "matches no resource"
@@ -36,10 +39,18 @@ class Tally:
     bundles: int = 0
     units: int = 0
     resources: int = 0
-    skipped_units: int = 0
+    skipped_units: int = 0  # recorded by an earlier run
     skipped_resources: int = 0
-    failures: list[Problem] = field(default_factory=list)
+    failures: dict[tuple[Place, str], Problem] = field(default_factory=dict)
+    notes: dict[Note, None] = field(default_factory=dict)  # an ordered set
     deferred: dict[tuple[Place, str], str] = field(default_factory=dict)
+
+    def fail(self, problem: Problem) -> None:
+        """Record a failure once, however many passes over the input meet it."""
+        self.failures.setdefault((problem.place, problem.key), problem)
+
+    def note(self, note: Note) -> None:
+        self.notes[note] = None
 
 
 class Loader:
@@ -54,6 +65,7 @@ class Loader:
         self.on_loaded = on_loaded
         self._place: Place | None = None
         self._done: set[tuple[str, str]] = set()
+        self._counted: set[tuple[Place, str, str]] = set()  # units this run has tallied
 
     async def done_here(self, place: Place) -> set[tuple[str, str]]:
         """(key, sha256) of the units of `place` recorded as loaded; read once per place."""
@@ -73,6 +85,8 @@ class Loader:
         self, unit: Unit, done: set[tuple[str, str]], tally: Tally, *, final: bool
     ) -> None:
         """Load `unit` unless done; `final`: this pass is the last, so nothing is deferred."""
+        if self._was_counted(unit):
+            return
         if (unit.key, unit.sha256) in done:
             self._skipped(unit, done, tally)
             return
@@ -95,6 +109,8 @@ class Loader:
     ) -> None:
         for line in unit.lines:
             single = lines_unit(unit.place, [line])
+            if self._was_counted(single):
+                continue
             if (single.key, single.sha256) in done:
                 self._skipped(single, done, tally)
                 continue
@@ -106,7 +122,14 @@ class Loader:
             else:
                 self._failed(single, error, tally, final=final)
 
+    def _was_counted(self, unit: Unit) -> bool:
+        return (unit.place, unit.key, unit.sha256) in self._counted
+
+    def _count(self, unit: Unit) -> None:
+        self._counted.add((unit.place, unit.key, unit.sha256))
+
     def _loaded(self, unit: Unit, done: set[tuple[str, str]], tally: Tally) -> None:
+        self._count(unit)
         done.add((unit.key, unit.sha256))
         tally.units += 1
         if unit.key == "bundle":
@@ -115,6 +138,7 @@ class Loader:
         self.on_loaded(unit.resources)
 
     def _skipped(self, unit: Unit, done: set[tuple[str, str]], tally: Tally) -> None:
+        self._count(unit)
         done.add((unit.key, unit.sha256))
         tally.skipped_units += 1
         tally.skipped_resources += unit.resources
@@ -123,7 +147,8 @@ class Loader:
         if UNRESOLVED in error and not final:
             tally.deferred[(unit.place, unit.key)] = error
         else:
-            tally.failures.append(Problem(unit.place, unit.key, error))
+            self._count(unit)
+            tally.fail(Problem(unit.place, unit.key, error))
 
     async def _commit(self, unit: Unit) -> str | None:
         """Load the unit and record it in one transaction; the reason when it fails."""
@@ -138,7 +163,7 @@ class Loader:
                         )
                         await _record(session, unit)
             except FhirError as error:
-                reason = "; ".join(i.diagnostics for i in error.issues) or error.code
+                reason = "; ".join(_in_input_terms(unit, i) for i in error.issues) or error.code
                 if error.status == 409:  # a unit running beside this one wrote the same resource
                     continue
                 return reason
@@ -151,6 +176,23 @@ class Loader:
                 return ALREADY_DONE
             return None
         return reason
+
+
+_WRAPPED = "Bundle.entry[0]"
+
+
+def _in_input_terms(unit: Unit, issue: Issue) -> str:
+    """An issue as the input would name it: the Bundle around an NDJSON line, a lone resource or
+    a batch entry is the importer's own, so its `Bundle.entry[0]` would only mislead."""
+    text = issue.diagnostics
+    if unit.entry is None or not text.startswith(f"{_WRAPPED}: "):
+        return text
+    if unit.entry:
+        return unit.entry + text[len(_WRAPPED) :]
+    text = text[len(_WRAPPED) + 2 :]
+    inside = f"{_WRAPPED}.resource."
+    expression = issue.expression or ""
+    return f"{expression[len(inside) :]}: {text}" if expression.startswith(inside) else text
 
 
 def _partly_done(unit: Unit, done: set[tuple[str, str]]) -> bool:

@@ -1,4 +1,5 @@
-"""What an import reads: files, folders and archives, cut into units of one transaction each.
+"""What an import reads: files and archives (inputs.py finds them), cut into units of one
+transaction each.
 
 Everything streams: an archive is read member by member (`tarfile` stream mode, nothing unpacked to
 disk), an NDJSON file line by line in runs of `batch_size`. Only one Bundle or one run of lines is
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -50,6 +51,10 @@ class Unit:
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     # Conditional creates and references look at what other units wrote: such a unit runs alone.
     exclusive: bool = False
+    # What the input calls entry 0 of `bundle`, for reasons: "" where the input has no Bundle
+    # (an NDJSON line, a lone resource), `Bundle.entry[N]` for a batch's entry N; None where
+    # `bundle` is the input's own.
+    entry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,14 @@ class Problem:
     place: Place
     key: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth saying that is no failure: an empty folder, a folder reached twice."""
+
+    place: Place
+    text: str
 
 
 @dataclass(slots=True)
@@ -85,30 +98,13 @@ def is_document(name: str) -> bool:
     return name.lower().endswith(DOCUMENTS)
 
 
-def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
-    """The files to read, folders walked in name order; problems for what cannot be read."""
-    files: list[Path] = []
-    problems: list[Problem] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(
-                p for p in path.rglob("*") if p.is_file() and (is_archive(p) or is_document(p.name))
-            )
-        elif not path.exists():
-            problems.append(Problem(Place(str(path)), "", "no such file or folder"))
-        elif is_archive(path) or is_document(path.name):
-            files.append(path)
-        else:
-            problems.append(
-                Problem(Place(str(path)), "", "not a .json, .ndjson, .tar.xz or .tar.gz file")
-            )
-    return [f.resolve() for f in files], problems
-
-
-def read(files: list[Path], *, batch_size: int, progress: Progress) -> Iterator[Unit | Problem]:
+def read(
+    files: list[Path], *, batch_size: int, progress: Progress
+) -> Iterator[Unit | Problem | Note]:
     """Every unit of every file, in order."""
-    progress.total = sum(f.stat().st_size for f in files)
-    for path in files:
+    sizes = [_size(path) for path in files]
+    progress.total = sum(sizes)
+    for path, size in zip(files, sizes, strict=True):
         start = progress.done
         try:
             if is_archive(path):
@@ -118,11 +114,21 @@ def read(files: list[Path], *, batch_size: int, progress: Progress) -> Iterator[
                     yield from _document(Place(str(path)), stream, batch_size=batch_size)
         except (OSError, tarfile.TarError, EOFError) as error:
             yield Problem(Place(str(path)), "", f"cannot read: {error}")
-        progress.done = start + path.stat().st_size
+        progress.done = start + size
 
 
-def _archive(path: Path, *, batch_size: int, progress: Progress) -> Iterator[Unit | Problem]:
+def _size(path: Path) -> int:
+    """The file's size, measured once: a file can disappear while the import runs (opening it
+    then says so as a problem of its own), and one deleted while open is still read to its end."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _archive(path: Path, *, batch_size: int, progress: Progress) -> Iterator[Unit | Problem | Note]:
     start = progress.done
+    documents = 0
     with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
         for member in archive:
             progress.done = start + raw.tell()
@@ -131,8 +137,11 @@ def _archive(path: Path, *, batch_size: int, progress: Progress) -> Iterator[Uni
             stream = archive.extractfile(member)
             if stream is None:
                 continue
+            documents += 1
             # Stream mode: the member must be consumed before the next one is read.
             yield from _document(Place(str(path), member.name), stream, batch_size=batch_size)
+    if not documents:
+        yield Note(Place(str(path)), "no .json or .ndjson file in it: nothing to import")
 
 
 def _document(place: Place, stream: IO[bytes], *, batch_size: int) -> Iterator[Unit | Problem]:
@@ -160,29 +169,48 @@ def _json(place: Place, data: bytes) -> Iterator[Unit | Problem]:
             1,
             bundle=transaction_of([document]),
             exclusive=conditional(data),
+            entry="",
         )
         return
     kind = document.get("type")
-    entries = document.get("entry") or []
-    if kind == "transaction":
+    entries = document.get("entry")
+    if kind not in ("transaction", "batch"):
+        yield Problem(place, "", f"a Bundle of type {kind!r}; import takes transaction or batch")
+    elif entries is not None and not isinstance(entries, list):
+        yield Problem(place, "", f"Bundle.entry is {_json_kind(entries)}, not a list")
+    elif kind == "transaction":
         yield Unit(
             place,
             "bundle",
             sha256(data),
-            len(entries),
+            len(entries or ()),
             bundle=document,
             exclusive=conditional(data),
         )
-    elif kind == "batch" and isinstance(entries, list):
+    else:
         # A batch applies entry by entry, so each entry is a unit of its own.
-        for index, entry in enumerate(entries):
+        for index, entry in enumerate(entries or ()):
             single = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
             text = orjson.dumps(entry)
             yield Unit(
-                place, f"entry {index}", sha256(text), 1, bundle=single, exclusive=conditional(text)
+                place,
+                f"entry {index}",
+                sha256(text),
+                1,
+                bundle=single,
+                exclusive=conditional(text),
+                entry=f"Bundle.entry[{index}]",
             )
-    else:
-        yield Problem(place, "", f"a Bundle of type {kind!r}; import takes transaction or batch")
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "a number" if isinstance(value, int | float) else "null"
 
 
 def _ndjson(place: Place, stream: IO[bytes], *, batch_size: int) -> Iterator[Unit | Problem]:
@@ -203,7 +231,11 @@ def lines_unit(place: Place, run: list[tuple[int, bytes]]) -> Unit:
     first, last = run[0][0], run[-1][0]
     key = f"line {first}" if first == last else f"lines {first}-{last}"
     text = b"\n".join(line for _, line in run)
-    return Unit(place, key, sha256(text), len(run), lines=run, exclusive=conditional(text))
+    # A run that fails is loaded line by line, so only a single line's reason is ever shown.
+    entry = "" if len(run) == 1 else None
+    return Unit(
+        place, key, sha256(text), len(run), lines=run, exclusive=conditional(text), entry=entry
+    )
 
 
 def transaction_of(resources: list[dict]) -> dict:

@@ -12,8 +12,9 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, and_, delete, or_, select
+from sqlalchemy import Table, and_, delete, exists, false, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir import config
@@ -388,7 +389,8 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 async def reindex(
     database: Database, *, resource_types: Iterable[str] | None = None, batch: int = 500
 ) -> int:
-    """Rebuild the index rows of every current resource (of `resource_types`, default all)."""
+    """Rebuild the index rows of every current resource (of `resource_types`, default all), then
+    remove the rows of resources deleted or gone, which the batches never visit."""
     wanted = sorted(set(resource_types)) if resource_types is not None else None
     count = 0
     last: tuple[str, str] = ("", "")
@@ -398,19 +400,70 @@ async def reindex(
             .where(~resources.c.deleted, _after(last))
             .order_by(resources.c.resource_type, resources.c.id)
             .limit(batch)
+            .with_for_update()
         )
         if wanted is not None:
             query = query.where(resources.c.resource_type.in_(wanted))
+        done = await _rebuild_batch(database, query)
+        if not done:
+            break
+        count += len(done)
+        last = max(done)
+    await _remove_orphans(database, wanted)
+    return count
+
+
+# SQLite has no row locks: a write that matches nothing takes its one write lock, so the batch is
+# read after every write committed before it, and none commits until the batch is rewritten.
+_SQLITE_WRITE_LOCK = update(resources).where(false()).values(version_id=resources.c.version_id)
+_DEADLOCK = "40P01"
+_DEADLOCK_RETRIES = 5
+
+
+async def _rebuild_batch(database: Database, query: Any) -> list[tuple[str, str]]:
+    """Read a batch and replace its index rows in one transaction that holds the resources'
+    writers off (FOR UPDATE, as the write path locks them), so the rows are those of the content
+    as it stands at commit; a writer waiting on a row replaces them after us. The (type, id)
+    pairs done.
+
+    The write path locks in its Bundle's order and the batch in key order, so PostgreSQL may
+    break a deadlock by aborting the batch: it is run again."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            async with database.sessions() as session:
+                async with unit_of_work(session):
+                    mark_written(session)
+                    if database.sqlite:
+                        await session.execute(_SQLITE_WRITE_LOCK)
+                    found = (await session.execute(query)).all()
+                    items = [(t, i, orjson.loads(content)) for t, i, content in found]
+                    await write_indexes(session, items)
+            return [(t, i) for t, i, _ in items]
+        except DBAPIError as error:
+            deadlock = getattr(error.orig, "sqlstate", None) == _DEADLOCK
+            if not deadlock or attempts == _DEADLOCK_RETRIES:
+                raise
+
+
+async def _remove_orphans(database: Database, wanted: list[str] | None) -> None:
+    """Delete the index rows (compartments too) whose resource is deleted or missing: a write
+    that raced an older reindex could leave them. A table per transaction; rows a writer is
+    adding are committed with their resource, so they are never taken for orphans."""
+    for table in (*INDEX_TABLES.values(), resource_compartments):
+        current = exists().where(
+            resources.c.resource_type == table.c.resource_type,
+            resources.c.id == table.c.resource_id,
+            ~resources.c.deleted,
+        )
+        statement = delete(table).where(~current)
+        if wanted is not None:
+            statement = statement.where(table.c.resource_type.in_(wanted))
         async with database.sessions() as session:
             async with unit_of_work(session):
-                found = (await session.execute(query)).all()
-                if not found:
-                    return count
-                items = [(t, i, orjson.loads(content)) for t, i, content in found]
-                await write_indexes(session, items)
                 mark_written(session)
-        count += len(found)
-        last = (found[-1][0], found[-1][1])
+                await session.execute(statement)
 
 
 def _after(last: tuple[str, str]) -> Any:
