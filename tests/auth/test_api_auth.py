@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from auth_helpers import PASSWORD, bearer, login
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from vitasync_fhir.auth.tables import login_attempts
+from vitasync_fhir.auth import accounts
+from vitasync_fhir.auth.tables import account_tokens, login_attempts
+from vitasync_fhir.db import mark_written
 
 
 def register(api: TestClient, email: str = "jane@example.org", password: str = PASSWORD) -> dict:
@@ -59,6 +63,8 @@ def test_signing_up_with_a_known_address_tells_only_its_owner(api: TestClient, m
     """A stranger cannot learn who has an account here: a known address is answered as a new
     one, and its owner is told by e-mail (once a day); the account is left as it was."""
     first = api.post("/api/auth/register", json={"email": "dup@example.org", "password": PASSWORD})
+    token = mails.token("registration", "dup@example.org")
+    assert api.get("/api/auth/verify-email", params={"token": token}).status_code == 200
     again = api.post(
         "/api/auth/register", json={"email": "DUP@example.org", "password": "another passphrase"}
     )
@@ -70,10 +76,47 @@ def test_signing_up_with_a_known_address_tells_only_its_owner(api: TestClient, m
     sent = [(kind, to) for kind, to, _ in mails.sent()]
     assert sent.count(("registration", "dup@example.org")) == 1
     assert sent.count(("account-exists", "dup@example.org")) == 1
-    api.get(
-        "/api/auth/verify-email", params={"token": mails.token("registration", "dup@example.org")}
-    )
     assert login(api, "dup@example.org")["access_token"]  # the first password still holds
+
+
+def test_an_unconfirmed_account_is_never_locked_out(api: TestClient, mails, run) -> None:  # type: ignore[no-untyped-def]
+    """Its confirmation link expired: signing up again sends a new one (not the account-exists
+    e-mail), and a password reset, whose link reached the address too, confirms it."""
+    register(api, "late@example.org")
+    expire = update(account_tokens).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+
+    async def expire_links(session):  # type: ignore[no-untyped-def]
+        await session.execute(expire)
+        mark_written(session)
+
+    run(expire_links)
+    register(api, "late@example.org")
+    kinds = [kind for kind, to, _ in mails.sent() if to == "late@example.org"]
+    assert kinds == ["registration", "registration"]
+    fresh = mails.token("registration", "late@example.org")
+    assert api.get("/api/auth/verify-email", params={"token": fresh}).status_code == 200
+
+    register(api, "reset.first@example.org")
+    api.post("/api/auth/password-reset", json={"email": "reset.first@example.org"})
+    token = mails.token("password-reset", "reset.first@example.org")
+    body = {"token": token, "password": "a brand new password"}
+    assert api.post("/api/auth/password-reset/confirm", json=body).status_code == 204
+    assert login(api, "reset.first@example.org", "a brand new password")["access_token"]
+
+
+def test_reset_links_are_few_and_die_with_the_old_password(  # type: ignore[no-untyped-def]
+    api: TestClient, make_user, mails, run, settings
+) -> None:
+    user = make_user(role="nurse")
+    for _ in range(5):  # a stranger asking again and again
+        assert api.post("/api/auth/password-reset", json={"email": user.email}).status_code == 202
+    assert [kind for kind, to, _ in mails.sent() if to == user.email] == ["password-reset"]
+    older, _ = run(lambda s: accounts._account_token(s, settings, user.id, accounts.RESET))
+    body = {"token": mails.token("password-reset", user.email), "password": "a brand new password"}
+    assert api.post("/api/auth/password-reset/confirm", json=body).status_code == 204
+    stolen = {"token": older, "password": "the thief's passphrase"}
+    assert api.post("/api/auth/password-reset/confirm", json=stolen).status_code == 400
+    assert login(api, user.email, "a brand new password")["access_token"]
 
 
 def test_weak_registrations(api: TestClient) -> None:

@@ -716,3 +716,28 @@ def test_malformed_oauth_requests_are_invalid_request(api: TestClient, app_clien
         headers={"Authorization": "Basic c3ZjMTp4"},
     )
     assert basic.status_code == 401 and basic.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_sign_ins_on_the_authorization_page_are_audited(  # type: ignore[no-untyped-def]
+    api: TestClient, app_client, make_user, run
+) -> None:
+    """As on /api/auth/login: a failed and a good password each leave a login AuditEvent."""
+    import orjson
+    from sqlalchemy import select
+
+    from vitasync_fhir.fhir.tables import resources
+
+    user = make_user(role="patient")
+    params = authorize_params(app_client.client_id, pkce()[1])
+    for password in ("nope nope nope", PASSWORD):
+        api.post(
+            "/oauth2/authorize",
+            data={**params, "step": "login", "email": user.email, "password": password},
+        )
+
+    async def logins(session):  # type: ignore[no-untyped-def]
+        query = select(resources.c.content).where(resources.c.resource_type == "AuditEvent")
+        events = [orjson.loads(row.content) for row in await session.execute(query)]
+        return sorted(e["outcome"] for e in events if e["subtype"][0]["code"] == "110122")
+
+    assert run(logins) == ["0", "4"]

@@ -18,6 +18,7 @@ from pypdf import PdfReader
 
 from vitasync_fhir.config import Settings
 from vitasync_fhir.documents import links
+from vitasync_fhir.documents.prescription import prescription_number
 
 
 def text_of(pdf: bytes) -> str:
@@ -33,7 +34,8 @@ def test_pdf_shows_drug_dose_patient_and_prescriber(
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "application/pdf"
     assert answer.content.startswith(b"%PDF-")
-    expected_name = f"prescription-lindqvist-2026-11-27-{prescription['id'][:8]}.pdf"
+    number = prescription_number(prescription["id"])
+    expected_name = f"prescription-lindqvist-2026-11-27-{number.lower()}.pdf"
     assert answer.headers["content-disposition"] == f'attachment; filename="{expected_name}"'
     assert "no-store" in answer.headers["cache-control"]
     text = text_of(answer.content)
@@ -51,7 +53,7 @@ def test_pdf_shows_drug_dose_patient_and_prescriber(
         "MRN MRN-40221",
         "Dr. Amara Okafor",  # prescriber
         "NPI 1234567893",
-        prescription["id"][:8].upper(),
+        number,
         "27 Nov 2026",
     ):
         assert shown in text, (shown, text)
@@ -170,7 +172,7 @@ def test_a_clinic_template_and_branding(
         edited = browser.get(path, headers=signed_in(role="doctor"))
         assert edited.headers["x-render-cache"] == "miss"
         text = text_of(edited.content)
-        assert f"Edited footer of {prescription['id'][:8].upper()}" in text
+        assert f"Edited footer of {prescription_number(prescription['id'])}" in text
         assert "Dr. Amara Okafor" in text and "Scan to verify" not in text
 
 
@@ -252,7 +254,8 @@ def test_filename_is_safe(
     )
     assert answer.status_code == 200
     name = re.search(r'filename="([^"]+)"', answer.headers["content-disposition"]).group(1)
-    assert name == f"prescription-degard-quote-x-2026-11-27-{prescription['id'][:8]}.pdf"
+    number = prescription_number(prescription["id"]).lower()
+    assert name == f"prescription-degard-quote-x-2026-11-27-{number}.pdf"
 
 
 @pytest.mark.parametrize(("authored", "day"), [("2024", "2024"), ("2024-05", "2024-05")])
@@ -269,7 +272,7 @@ def test_a_partial_authored_on_date_prints(
         answer = anonymous.get(path, headers=nurse)
         assert answer.status_code == 200, answer.text
         name = re.search(r'filename="([^"]+)"', answer.headers["content-disposition"]).group(1)
-        assert name == f"prescription-lindqvist-{day}-{rid[:8]}.pdf"
+        assert name == f"prescription-lindqvist-{day}-{prescription_number(rid).lower()}.pdf"
         assert authored in text_of(answer.content)
 
 
@@ -333,3 +336,13 @@ def test_a_logo_and_colours_are_printed(
         assert again.headers["x-render-cache"] == "miss"  # a new logo is a new document
         images = PdfReader(io.BytesIO(again.content)).pages[0].images
         assert (90, 60) in [image.image.size for image in images]
+
+
+def test_prescriptions_made_in_one_minute_have_different_numbers() -> None:
+    """The number was a UUIDv7's first 8 digits, its timestamp: the same for a minute's work."""
+    from vitasync_fhir.fhir.service import new_id
+
+    ids = [new_id() for _ in range(1000)]
+    assert len({prescription_number(i) for i in ids}) == 1000
+    assert re.fullmatch(r"[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}", prescription_number(ids[0]))
+    assert prescription_number("rx-2026-0042") == "rx-2026-0042"  # another server's id

@@ -230,6 +230,19 @@ def test_fill_from_the_link(
     assert dispense["note"][0]["text"] == "Counselled"
     after = browser.get(done.headers["location"])
     assert after.status_code == 200 and f"MedicationDispense/{dispense_id}" in after.text
+    # The message is the server's: a made-up or unrelated dispense in the link shows none.
+    other = client.post(
+        "/fhir/MedicationDispense",
+        json={
+            "resourceType": "MedicationDispense",
+            "status": "completed",
+            "medicationCodeableConcept": {"text": "Other"},
+        },
+        headers={"Content-Type": "application/fhir+json"},
+    ).json()["id"]
+    for forged in ("NOT-A-REAL-DISPENSE - already collected", other):
+        shown = browser.get(path, params={"filled": forged})
+        assert shown.status_code == 200 and 'id="filled"' not in shown.text, forged
 
 
 def test_a_prescription_that_cannot_be_filled(

@@ -25,6 +25,7 @@ log = logging.getLogger("vitasync_fhir.auth")
 
 VERIFY = "verify-email"
 RESET = "reset-password"
+LINK_INTERVAL = timedelta(minutes=5)  # at most one reset or confirmation e-mail per account
 
 
 class AccountError(Exception):
@@ -210,6 +211,9 @@ async def register(
     existing = await find_by_email(session, normal_email(email))
     if existing is not None:
         passwords.hash_password(password)  # the work a new account costs: no tell in the timing
+        if not existing.verified:  # its first link may have expired: the owner gets a new one
+            await _send_confirmation(session, settings, existing, given)
+            return None
         day = _now().date().isoformat()  # one such e-mail a day, however often it is tried
         await _send(
             session, settings, "account-exists", existing, {}, dedup=f"exists:{existing.id}:{day}"
@@ -224,14 +228,24 @@ async def register(
         given=given,
         family=family,
     )
+    await _send_confirmation(session, settings, user, given)
+    return user
+
+
+async def _send_confirmation(
+    session: AsyncSession, settings: Settings, user: User, given: str | None
+) -> None:
+    """The registration e-mail with a link to confirm the address (one per LINK_INTERVAL)."""
+    if await _recently_sent(session, settings, user.id, VERIFY):
+        return
     token, expires = await _account_token(session, settings, user.id, VERIFY)
     context = {
         "verify_url": email_link(settings, VERIFY, token),
         "verify_expires": expires.isoformat(),
         "name": given or "",
     }
-    await _send(session, settings, "registration", user, context, dedup=f"registration:{user.id}")
-    return user
+    dedup = f"registration:{user.id}:{tokens.digest(token)[:16]}"
+    await _send(session, settings, "registration", user, context, dedup=dedup)
 
 
 def email_link(settings: Settings, purpose: str, token: str) -> str:
@@ -308,7 +322,7 @@ async def verify_email(session: AsyncSession, token: str) -> User:
 async def request_password_reset(session: AsyncSession, settings: Settings, *, email: str) -> None:
     """Send a reset link if the account exists; say nothing either way."""
     user = await find_by_email(session, email)
-    if user is None or not user.active:
+    if user is None or not user.active or await _recently_sent(session, settings, user.id, RESET):
         return
     token, expires = await _account_token(session, settings, user.id, RESET)
     # The page asks for the new password and posts it to /password-reset/confirm.
@@ -326,6 +340,23 @@ async def request_password_reset(session: AsyncSession, settings: Settings, *, e
     )
 
 
+async def _recently_sent(
+    session: AsyncSession, settings: Settings, user_id: str, purpose: str
+) -> bool:
+    """Whether a link of `purpose` went to the account in the last LINK_INTERVAL and is unused:
+    asking again sends no second one, so a stranger cannot flood someone's mailbox."""
+    newest = _now() + timedelta(seconds=settings.account_token_seconds) - LINK_INTERVAL
+    found = await session.execute(
+        select(account_tokens.c.token_hash).where(
+            account_tokens.c.user_id == user_id,
+            account_tokens.c.purpose == purpose,
+            account_tokens.c.used_at.is_(None),
+            account_tokens.c.expires_at > max(newest, _now()),  # an expired link is none
+        )
+    )
+    return found.first() is not None
+
+
 async def reset_password(session: AsyncSession, *, token: str, password: str) -> None:
     problem = passwords.password_problem(password)
     if problem:
@@ -337,7 +368,15 @@ async def reset_password(session: AsyncSession, *, token: str, password: str) ->
         .values(
             password_hash=passwords.hash_password(password),
             tokens_valid_after=_now(),
+            verified=True,  # the link reached this address: it is the owner's
         )
+    )
+    # Every other link sent to the account dies with the old password: a reset e-mail found
+    # later in a mailbox must not take the account over.
+    await session.execute(
+        update(account_tokens)
+        .where(account_tokens.c.user_id == user_id, account_tokens.c.used_at.is_(None))
+        .values(used_at=_now())
     )
     after_commit(session, recent.forget_all)
     await revoke_refresh_tokens(session, user_id=user_id)

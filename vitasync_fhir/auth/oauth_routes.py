@@ -23,6 +23,7 @@ from vitasync_fhir.auth import accounts, keys, oauth, policy, throttle, tokens
 from vitasync_fhir.auth import scopes as smart
 from vitasync_fhir.auth.deps import bearer_token, caller_for_claims
 from vitasync_fhir.auth.oauth import AuthorizationRequest, NotRedirectable, RedirectError
+from vitasync_fhir.auth.routes import audit_login
 from vitasync_fhir.db import SessionDep
 
 router = APIRouter(tags=["OAuth2"])
@@ -153,6 +154,7 @@ async def _sign_in(
     )
     if user is None or not good or not user.active:
         await database.run(lambda s: throttle.record_failure(s, settings, keys_))
+        await audit_login(request, None, user, "denied")
         return _login_page(
             checked,
             form,
@@ -169,6 +171,7 @@ async def _sign_in(
             email=email,
             error="Confirm your e-mail address before signing in",
         )
+    await audit_login(request, session, user, "success")
     return _consent_page(settings, user, checked)
 
 

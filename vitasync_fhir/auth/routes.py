@@ -125,17 +125,17 @@ async def login(body: Credentials, request: Request, session: SessionDep) -> JSO
     good = accounts.passwords.verify_password(user.password_hash if user else None, body.password)
     if user is None or not good or not user.active:
         await database.run(lambda s: throttle.record_failure(s, settings, keys))
-        await _audit_login(request, None, user, "denied")
+        await audit_login(request, None, user, "denied")
         raise FhirError(401, "login", WRONG_CREDENTIALS)
     await database.run(lambda s: throttle.record_success(s, keys[:1]))
     if not user.verified:
         raise FhirError(403, "forbidden", "Confirm your e-mail address before signing in")
     pair = await accounts.issue_pair(session, settings, user, scope=accounts.login_scope(user))
-    await _audit_login(request, session, user, "success", jti=pair["_jti"])
+    await audit_login(request, session, user, "success", jti=pair["_jti"])
     return _tokens_answer(pair)
 
 
-async def _audit_login(
+async def audit_login(
     request: Request,
     session: AsyncSession | None,
     user: User | None,

@@ -27,7 +27,7 @@ from vitasync_fhir.auth.access import Access
 from vitasync_fhir.auth.deps import caller_for_claims
 from vitasync_fhir.auth.oauth_routes import CSP, PAGE_HEADERS
 from vitasync_fhir.auth.policy import Caller
-from vitasync_fhir.auth.routes import WRONG_CREDENTIALS, _audit_login
+from vitasync_fhir.auth.routes import WRONG_CREDENTIALS, audit_login
 from vitasync_fhir.db import SessionDep
 from vitasync_fhir.documents import links, prescription
 from vitasync_fhir.fhir.outcomes import FhirError
@@ -122,7 +122,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
     )
     if user is None or not good or not user.active:
         await database.run(lambda s: throttle.record_failure(s, settings, keys))
-        await _audit_login(request, None, user, "denied")
+        await audit_login(request, None, user, "denied")
         return _login(next_, status=401, error=WRONG_CREDENTIALS, email=email)
     await database.run(lambda s: throttle.record_success(s, keys[:1]))
     if not user.verified:
@@ -135,7 +135,7 @@ async def sign_in(request: Request, session: SessionDep) -> Response:
         fhir_user=user.fhir_user,
         patient=user.patient_id,
     )
-    await _audit_login(request, session, user, "success", jti=issued.jti)
+    await audit_login(request, session, user, "success", jti=issued.jti)
     answer = RedirectResponse(next_, status_code=303)
     answer.set_cookie(
         COOKIE,
@@ -197,7 +197,8 @@ async def open_link(token: str, request: Request, session: SessionDep) -> Respon
     try:
         if link.resource_type == "MedicationRequest":
             sources = await prescription.gather(resources, link.resource_id, action="read")
-            return _prescription_page(request, caller, link, sources)
+            filled = await _filled(resources, link, request.query_params.get("filled"))
+            return _prescription_page(request, caller, link, sources, filled=filled)
         found = await resources.read(link.resource_type, link.resource_id)
     except FhirError as error:
         return _refusal(error, link)
@@ -209,6 +210,20 @@ async def open_link(token: str, request: Request, session: SessionDep) -> Respon
         json=orjson.dumps(resource, option=orjson.OPT_INDENT_2).decode(),
         who=caller.role,
     )
+
+
+async def _filled(resources: Resources, link: links.Link, dispense_id: str | None) -> str | None:
+    """The id of the fill the page was sent back with, if it is a dispense of this prescription
+    the caller may read: the query string is anyone's to write, the message is the server's."""
+    if not dispense_id or len(dispense_id) > 64:
+        return None
+    try:
+        found = await resources.read("MedicationDispense", dispense_id)
+    except FhirError:
+        return None
+    dispense = orjson.loads(found.content or "{}")
+    prescriptions = [r.get("reference") for r in dispense.get("authorizingPrescription", [])]
+    return dispense_id if link.reference in prescriptions else None
 
 
 def _refusal(error: FhirError, link: links.Link) -> HTMLResponse:
@@ -237,6 +252,7 @@ def _prescription_page(
     *,
     status: int = 200,
     error: str | None = None,
+    filled: str | None = None,
 ) -> HTMLResponse:
     values = prescription.context(sources)
     return page(
@@ -247,7 +263,7 @@ def _prescription_page(
         may_fill=_may_fill(caller, sources.request.get("status")),
         form_key=_form_key(request, caller, link.token),
         action=f"{links.PATH}{link.token}/fill",
-        filled=request.query_params.get("filled"),
+        filled=filled,
         error=error,
         who=caller.role,
     )

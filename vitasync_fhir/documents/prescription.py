@@ -128,6 +128,17 @@ def _bounded(value: Any) -> Any:
     return value
 
 
+def prescription_number(resource_id: str) -> str:
+    """The number printed on the prescription. A UUIDv7 begins with its millisecond: its first
+    digits are the same for every prescription of a minute, so the number is its random end
+    (48 bits, as 1A2B-3C4D-5E6F). Another server's id is printed as it is."""
+    digits = resource_id.replace("-", "")
+    if len(digits) == 32 and all(c in "0123456789abcdefABCDEF" for c in digits):
+        tail = digits[-12:].upper()
+        return f"{tail[:4]}-{tail[4:8]}-{tail[8:]}"
+    return resource_id
+
+
 def _prescription(request: dict, medication: dict | None) -> dict:
     supply = request.get("dispenseRequest") or {}
     notes = [n["text"] for n in request.get("note", []) if n.get("text")]
@@ -138,7 +149,7 @@ def _prescription(request: dict, medication: dict | None) -> dict:
         notes[MAX_ROWS - 1 :] = [f"{len(notes) - MAX_ROWS + 1} more notes are in the record"]
     return {
         "id": request.get("id", ""),
-        "number": request.get("id", "")[:8].upper(),
+        "number": prescription_number(request.get("id", "")),
         "status": request.get("status", ""),
         "intent": request.get("intent", ""),
         "date": _date(request.get("authoredOn")),

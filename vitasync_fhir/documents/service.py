@@ -137,7 +137,12 @@ async def _type_of(resources: Resources, resource_id: str) -> str:
 
 def _filename(values: dict) -> str:
     family = _slug(values["patient"].get("family") or "patient")
-    parts = ["prescription", family, values["rx"]["day"] or "undated", values["rx"]["id"][:8]]
+    parts = [
+        "prescription",
+        family,
+        values["rx"]["day"] or "undated",
+        _slug(values["rx"]["number"]),
+    ]
     return "-".join(p for p in parts if p) + ".pdf"
 
 
