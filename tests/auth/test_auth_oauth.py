@@ -741,3 +741,36 @@ def test_sign_ins_on_the_authorization_page_are_audited(  # type: ignore[no-unty
         return sorted(e["outcome"] for e in events if e["subtype"][0]["code"] == "110122")
 
     assert run(logins) == ["0", "4"]
+
+
+def test_a_consent_is_answered_once(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = make_user(role="patient")
+    params = authorize_params(app_client.client_id, pkce()[1])
+    consent = api.post(
+        "/oauth2/authorize",
+        data={**params, "step": "login", "email": user.email, "password": PASSWORD},
+    )
+    transaction = re.search(r'name="transaction" value="([^"]+)"', consent.text).group(1)
+    answer = {"step": "consent", "transaction": transaction, "decision": "allow"}
+    first = api.post("/oauth2/authorize", data=answer, follow_redirects=False)
+    assert first.status_code == 303 and "code" in query_of(first.headers["location"])
+    again = api.post("/oauth2/authorize", data=answer, follow_redirects=False)
+    assert again.status_code == 400 and "answered already" in again.text
+
+
+def test_staff_name_the_patient_an_app_asks_for(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
+    """launch/patient: the app needs a patient; a doctor who names none is asked again, not
+    handed a token without the patient scopes the consent page listed."""
+    doctor = make_user(role="doctor")
+    params = authorize_params(
+        app_client.client_id, pkce()[1], scope="openid fhirUser launch/patient patient/*.rs"
+    )
+    consent = api.post(
+        "/oauth2/authorize",
+        data={**params, "step": "login", "email": doctor.email, "password": PASSWORD},
+    )
+    assert re.search(r'<input id="patient" name="patient" type="text" required>', consent.text)
+    transaction = re.search(r'name="transaction" value="([^"]+)"', consent.text).group(1)
+    answer = {"step": "consent", "transaction": transaction, "decision": "allow", "patient": " "}
+    asked = api.post("/oauth2/authorize", data=answer, follow_redirects=False)
+    assert asked.status_code == 400 and "Choose the patient" in asked.text

@@ -391,11 +391,11 @@ def consent_token(settings: Settings, user: User, request: AuthorizationRequest)
     return tokens.sign(settings, claims, typ=CONSENT_TYPE)
 
 
-def read_consent_token(settings: Settings, value: str) -> tuple[str, dict[str, str]]:
-    claims = tokens.verify(
+def read_consent_token(settings: Settings, value: str) -> dict:
+    """The consent form's claims: `sub` (the user), `req` (the request), `jti` and `exp`."""
+    return tokens.verify(
         settings, value, audience=endpoints(settings)["authorization_endpoint"], typ=CONSENT_TYPE
     )
-    return claims["sub"], claims["req"]
 
 
 async def issue_code(

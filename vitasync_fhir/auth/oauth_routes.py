@@ -179,7 +179,7 @@ def _consent_page(
     settings, user: accounts.User, checked: AuthorizationRequest, *, error: str | None = None
 ) -> HTMLResponse:  # type: ignore[no-untyped-def]
     scope = oauth.grant_for(user, checked, patient_id="?" if user.role != "patient" else None)
-    pick_patient = user.role != "patient" and "launch/patient" in smart.parse(checked.scope).other
+    pick_patient = _picks_patient(user, checked)
     return page(
         "consent.html",
         400 if error else 200,
@@ -197,10 +197,15 @@ def _consent_page(
 async def _consent(request: Request, session: SessionDep, form: dict) -> Response:
     settings = request.app.state.settings
     try:
-        user_id, params = oauth.read_consent_token(settings, form.get("transaction", ""))
+        consent = oauth.read_consent_token(settings, form.get("transaction", ""))
     except tokens.InvalidToken:
         return page(
             "error.html", 400, message="The sign-in has expired; start again from the application"
+        )
+    user_id, params = consent["sub"], consent["req"]
+    if await tokens.is_revoked(session, consent["jti"]):  # a form is answered once
+        return page(
+            "error.html", 400, message="This request was answered already; start again from the app"
         )
     try:
         checked = await oauth.check_authorization_request(
@@ -214,18 +219,25 @@ async def _consent(request: Request, session: SessionDep, form: dict) -> Respons
     if user is None or not user.active:
         return page("error.html", 400, message="The account is no longer active")
     if form.get("decision") != "allow":
+        await tokens.revoke(session, consent["jti"], consent["exp"])
         denied = AccessDeniedError(description="The user did not allow access")
         return error_redirect(RedirectError(denied, checked.redirect_uri, checked.state))
-    patient_id = None
-    if user.role != "patient" and form.get("patient"):
-        patient_id = form["patient"].strip()
-        if not await _may_launch(session, user, patient_id):
-            return _consent_page(settings, user, checked, error="That patient cannot be opened")
+    patient_id = (form.get("patient") or "").strip() or None if user.role != "patient" else None
+    if _picks_patient(user, checked) and patient_id is None:
+        return _consent_page(settings, user, checked, error="Choose the patient the app opens")
+    if patient_id is not None and not await _may_launch(session, user, patient_id):
+        return _consent_page(settings, user, checked, error="That patient cannot be opened")
+    await tokens.revoke(session, consent["jti"], consent["exp"])
     scope = oauth.grant_for(user, checked, patient_id=patient_id)
     code = await oauth.issue_code(
         session, settings, user, checked, scope=scope, patient_id=patient_id
     )
     return redirect(checked.redirect_uri, {"code": code, "state": checked.state})
+
+
+def _picks_patient(user: accounts.User, checked: AuthorizationRequest) -> bool:
+    """A staff member signing in to an app that asked for a patient (launch/patient) names one."""
+    return user.role != "patient" and "launch/patient" in smart.parse(checked.scope).other
 
 
 async def _may_launch(session: SessionDep, user: accounts.User, patient_id: str) -> bool:
