@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from vitasync_fhir.auth import accounts, passwords
+from vitasync_fhir.auth import accounts, forms, passwords
 from vitasync_fhir.auth.accounts import AccountError
 from vitasync_fhir.auth.oauth_routes import page
 from vitasync_fhir.db import SessionDep
@@ -38,6 +38,8 @@ async def verify_email_page(token: Token = "") -> HTMLResponse:
 
 @router.post("/verify-email", response_class=HTMLResponse)
 async def verify_email(request: Request, session: SessionDep) -> HTMLResponse:
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     form = await _form(request)
     try:
         await accounts.verify_email(session, form.get("token", ""))
@@ -57,6 +59,8 @@ async def reset_password_page(token: Token = "") -> HTMLResponse:
 
 @router.post("/reset-password", response_class=HTMLResponse)
 async def reset_password(request: Request, session: SessionDep) -> HTMLResponse:
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     form = await _form(request)
     token, password = form.get("token", ""), form.get("password", "")
     if password != form.get("repeat", ""):
@@ -81,6 +85,8 @@ async def forgot_password_page() -> HTMLResponse:
 
 @router.post("/forgot-password", response_class=HTMLResponse)
 async def forgot_password(request: Request, session: SessionDep) -> HTMLResponse:
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     form = await _form(request)
     email = form.get("email", "").strip()
     try:

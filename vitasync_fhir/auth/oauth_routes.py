@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from vitasync_fhir.auth import accounts, keys, oauth, policy, throttle, tokens
+from vitasync_fhir.auth import accounts, forms, keys, oauth, policy, throttle, tokens
 from vitasync_fhir.auth import scopes as smart
 from vitasync_fhir.auth.deps import bearer_token, caller_for_claims
 from vitasync_fhir.auth.oauth import AuthorizationRequest, NotRedirectable, RedirectError
@@ -118,6 +118,8 @@ def _login_page(
 @router.post("/oauth2/authorize", response_class=HTMLResponse)
 async def authorize_step(request: Request, session: SessionDep) -> Response:
     """The sign-in form and the consent form post here."""
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     if form.get("step") == "consent":
         return await _consent(request, session, form)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.api import actions
 from vitasync_fhir.api.service import ApiResources
-from vitasync_fhir.auth import accounts, policy, throttle, tokens
+from vitasync_fhir.auth import accounts, forms, policy, throttle, tokens
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.auth.deps import caller_for_claims
 from vitasync_fhir.auth.oauth_routes import CSP, PAGE_HEADERS
@@ -108,6 +108,8 @@ def _login(next_: str, *, status: int = 200, error: str | None = None, email: st
 @router.post("/sign-in", response_class=HTMLResponse)
 async def sign_in(request: Request, session: SessionDep) -> Response:
     """Check the password (with the sign-in throttle) and open a /verify session."""
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     next_, email = _safe_next(form.get("next")), form.get("email", "")
     settings, database = request.app.state.settings, request.app.state.db
@@ -161,6 +163,8 @@ async def signed_in(request: Request, session: SessionDep) -> Response:
 @router.post("/sign-out", response_class=HTMLResponse)
 async def sign_out(request: Request, session: SessionDep) -> Response:
     """End the /verify session: its token is revoked, the cookie dropped."""
+    if forms.from_elsewhere(request):
+        return forms.refusal()
     caller = await session_caller(request, session)
     if caller is not None and caller.jti and caller.expires_at:
         await tokens.revoke(session, caller.jti, caller.expires_at)
