@@ -159,7 +159,22 @@ class Settings(BaseSettings):
         default=1800.0, description="Longest notification retry delay"
     )
     subscription_timeout_seconds: float = Field(
-        default=10.0, description="Seconds a subscriber's endpoint has to answer"
+        default=10.0,
+        gt=0,
+        description="Seconds one notification may take in all (name lookup, connecting, sending,"
+        " the answer's status line and headers): a receiver trickling bytes is cut off then",
+    )
+    subscription_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a deliverer's hold on a subscription outlasts the notification it"
+        " is sending (renewed before each); if the deliverer dies another resumes after it",
+    )
+    subscription_allow_private: bool = Field(
+        default=False,
+        description="Let subscription endpoints be loopback, private, link-local or reserved"
+        " addresses (tests; a closed network). Off, such endpoints are refused at registration"
+        " and at sending, so a Subscription cannot reach into the server's own network",
     )
 
     # -- prescription PDFs and QR codes (documents/) ----------------------------------------

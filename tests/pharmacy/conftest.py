@@ -1,5 +1,6 @@
 """Fixtures of the subscription tests: a real receiving endpoint, and the queue (SQLite file or
-the real Redis) with a real consumer, for the database of the `settings` fixture."""
+the real Redis) with a real consumer, for the database of the `settings` fixture (which here
+lets subscriptions reach loopback, where the receivers are)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ FAST = {
     "subscription_timeout_seconds": 5.0,
     "notify_relay_grace_seconds": 0.0,
 }
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers listen on loopback, which a production server refuses to notify."""
+    return Settings(**{**settings.model_dump(), "subscription_allow_private": True})
 
 
 @pytest.fixture

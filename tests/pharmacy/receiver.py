@@ -1,5 +1,6 @@
 """A real HTTP endpoint for subscription tests: a threaded http.server on a free loopback port
-that records every request and answers from a script of status codes (then 200)."""
+that records every request and answers from a script of status codes (then 200); it can be made
+slow (`before_answer` may block) or trickle its answer a byte at a time."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     script: list[int] = field(default_factory=list)  # answers to give first, in order
     always: int = 200  # then this
+    # Runs, and may block, after a request is recorded and before it is answered.
+    before_answer: Callable[[Received], None] | None = None
+    trickle_seconds: float = 0.0  # > 0: each byte of the answer this long after the last
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -49,12 +53,25 @@ class Receiver:
                 body = self.rfile.read(length) if length else b""
                 with receiver.lock:
                     status = receiver.script.pop(0) if receiver.script else receiver.always
-                    receiver.requests.append(
-                        Received(self.path, dict(self.headers.items()), body, status)
-                    )
+                    received = Received(self.path, dict(self.headers.items()), body, status)
+                    receiver.requests.append(received)
+                if receiver.before_answer is not None:
+                    receiver.before_answer(received)
+                if receiver.trickle_seconds:
+                    self._trickle(f"HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n".encode())
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def _trickle(self, answer: bytes) -> None:
+                self.close_connection = True
+                try:
+                    for byte in answer:
+                        time.sleep(receiver.trickle_seconds)
+                        self.wfile.write(bytes([byte]))
+                except OSError:
+                    pass  # the sender gave up
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -5,15 +5,20 @@ and the error status after repeated failures."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import orjson
 from factories import FHIR_JSON
 from fastapi.testclient import TestClient
 from pharmacy_helpers import prescription
-from receiver import Receiver, wait_until
+from receiver import wait_until
 from sqlalchemy import select
+from subscription_helpers import (
+    events,
+    new_patient,
+    running,
+    status_of,
+    subscribe,
+    subscription,
+)
 from support import BASE_URL, auth_headers, service_headers
 
 from vitasync_fhir.app import create_app
@@ -24,57 +29,16 @@ from vitasync_fhir.notify.worker import hosted
 from vitasync_fhir.subscriptions.tables import subscription_deliveries
 
 
-def subscription(endpoint: str, *, payload: bool = True, **extra) -> dict:
-    channel: dict = {"type": "rest-hook", "endpoint": endpoint, "header": ["X-Pharmacy: north"]}
-    if payload:
-        channel["payload"] = "application/fhir+json"
-    resource = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "New prescriptions to fill",
-        "criteria": "MedicationRequest?status=active",
-        "channel": channel,
-    }
-    resource.update(extra)
-    return resource
-
-
-@contextmanager
-def running(settings: Settings) -> Iterator[TestClient]:
-    with hosted(settings), TestClient(create_app(settings), base_url=BASE_URL) as api:
-        api.headers.update(service_headers(settings))
-        yield api
-
-
-def _subscribe(api: TestClient, headers: dict, resource: dict) -> dict:
-    answer = api.post("/fhir/Subscription", json=resource, headers={**FHIR_JSON, **headers})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-def _status(api: TestClient, sid: str) -> dict:
-    return api.get(f"/fhir/Subscription/{sid}").json()
-
-
-def _events(receiver: Receiver, path: str = "/hook") -> list[dict]:
-    return [orjson.loads(r.body) for r in receiver.accepted(path) if r.body]
-
-
-def _new_patient(api: TestClient) -> str:
-    body = {"resourceType": "Patient", "name": [{"family": "Doe"}]}
-    return api.post("/fhir/Patient", json=body, headers=FHIR_JSON).json()["id"]
-
-
 def test_handshake_then_notifications_in_order_once(hook_settings, receiver):
     receiver.fail_next(2)  # the handshake fails twice, then succeeds
     with running(hook_settings) as api:
         pharmacist = auth_headers(hook_settings, role="pharmacist")
-        sub = _subscribe(api, pharmacist, subscription(receiver.url()))
+        sub = subscribe(api, pharmacist, subscription(receiver.url()))
         assert sub["status"] == "requested"
-        wait_until(lambda: _status(api, sub["id"])["status"] == "active", what="the handshake")
+        wait_until(lambda: status_of(api, sub["id"])["status"] == "active", what="the handshake")
         handshake = receiver.accepted()[0]
         assert handshake.body == b"" and handshake.headers["X-Pharmacy"] == "north"
-        pid = _new_patient(api)
+        pid = new_patient(api)
         receiver.fail_next(3)  # the first notification fails three times
         made = []
         for n in range(3):
@@ -82,9 +46,9 @@ def test_handshake_then_notifications_in_order_once(hook_settings, receiver):
             made.append(api.post("/fhir/MedicationRequest", json=rx, headers=FHIR_JSON).json())
         draft = prescription(patient_id=pid, status="draft")
         api.post("/fhir/MedicationRequest", json=draft, headers=FHIR_JSON)  # not matching
-        wait_until(lambda: len(_events(receiver)) >= 3, what="three notifications")
+        wait_until(lambda: len(events(receiver)) >= 3, what="three notifications")
         time.sleep(1.5)  # room for a duplicate or a straggler to show up, if one could
-    bundles = _events(receiver)
+    bundles = events(receiver)
     assert [b["entry"][0]["resource"]["id"] for b in bundles] == [r["id"] for r in made]
     assert all(b["type"] == "history" for b in bundles)
     assert bundles[0]["entry"][0]["response"]["etag"] == 'W/"1"'
@@ -96,9 +60,9 @@ def test_handshake_then_notifications_in_order_once(hook_settings, receiver):
 
 def test_id_only_notifications_are_empty_posts(hook_settings, receiver):
     with running(hook_settings) as api:
-        sub = _subscribe(api, {}, subscription(receiver.url("/ping"), payload=False))
-        wait_until(lambda: _status(api, sub["id"])["status"] == "active", what="the handshake")
-        rx = prescription(patient_id=_new_patient(api))
+        sub = subscribe(api, {}, subscription(receiver.url("/ping"), payload=False))
+        wait_until(lambda: status_of(api, sub["id"])["status"] == "active", what="the handshake")
+        rx = prescription(patient_id=new_patient(api))
         api.post("/fhir/MedicationRequest", json=rx, headers=FHIR_JSON)
         wait_until(lambda: len(receiver.accepted("/ping")) == 2, what="the notification")
     assert [r.body for r in receiver.accepted("/ping")] == [b"", b""]
@@ -107,7 +71,7 @@ def test_id_only_notifications_are_empty_posts(hook_settings, receiver):
 
 def test_no_one_hears_of_what_they_may_not_read(hook_settings, receiver):
     with running(hook_settings) as api:
-        mine, other = _new_patient(api), _new_patient(api)
+        mine, other = new_patient(api), new_patient(api)
         # A pharmacist whose token is limited to one patient's prescriptions (SMART launch).
         account = auth_headers(hook_settings, role="pharmacist")
         claims = tokens.decode_access_token(
@@ -120,18 +84,18 @@ def test_no_one_hears_of_what_they_may_not_read(hook_settings, receiver):
             patient=mine,
         )
         headers = {"Authorization": f"Bearer {limited.token}"}
-        sub = _subscribe(api, headers, subscription(receiver.url("/limited")))
-        everything = _subscribe(api, {}, subscription(receiver.url("/all")))
+        sub = subscribe(api, headers, subscription(receiver.url("/limited")))
+        everything = subscribe(api, {}, subscription(receiver.url("/all")))
         for sid in (sub["id"], everything["id"]):
-            wait_until(lambda s=sid: _status(api, s)["status"] == "active", what="handshakes")
+            wait_until(lambda s=sid: status_of(api, s)["status"] == "active", what="handshakes")
         hidden = api.post(
             "/fhir/MedicationRequest", json=prescription(patient_id=other), headers=FHIR_JSON
         ).json()
         seen = api.post(
             "/fhir/MedicationRequest", json=prescription(patient_id=mine), headers=FHIR_JSON
         ).json()
-        wait_until(lambda: len(_events(receiver, "/all")) == 2, what="the unrestricted ones")
-        wait_until(lambda: len(_events(receiver, "/limited")) == 1, what="the visible one")
+        wait_until(lambda: len(events(receiver, "/all")) == 2, what="the unrestricted ones")
+        wait_until(lambda: len(events(receiver, "/limited")) == 1, what="the visible one")
         time.sleep(1.0)
         # Pharmacists may not read Observations: they cannot even subscribe to them.
         refused = api.post(
@@ -140,30 +104,31 @@ def test_no_one_hears_of_what_they_may_not_read(hook_settings, receiver):
             headers={**FHIR_JSON, **auth_headers(hook_settings, role="pharmacist")},
         )
         assert refused.status_code == 403, refused.text
-    limited_ids = [b["entry"][0]["resource"]["id"] for b in _events(receiver, "/limited")]
+    limited_ids = [b["entry"][0]["resource"]["id"] for b in events(receiver, "/limited")]
     assert limited_ids == [seen["id"]]
-    all_ids = [b["entry"][0]["resource"]["id"] for b in _events(receiver, "/all")]
+    all_ids = [b["entry"][0]["resource"]["id"] for b in events(receiver, "/all")]
     assert all_ids == [hidden["id"], seen["id"]]
 
 
 def test_repeated_failures_set_error_and_stop(hook_settings, receiver):
     with running(hook_settings) as api:
-        never = _subscribe(api, {}, subscription(receiver.url("/down")))
+        never = subscribe(api, {}, subscription(receiver.url("/down")))
         receiver.always = 503
-        wait_until(lambda: _status(api, never["id"])["status"] == "error", what="error")
+        wait_until(lambda: status_of(api, never["id"])["status"] == "error", what="error")
         assert len(receiver.requests) == 4  # subscription_max_attempts
-        failing = _status(api, never["id"])
-        assert "4 attempts" in failing["error"] and "HTTP 503" in failing["error"]
+        failing = status_of(api, never["id"])
+        assert "4 attempts" in failing["error"]
+        assert failing["error"].endswith("the endpoint did not accept the notification: HTTP 503")
         receiver.always = 200
-        sub = _subscribe(api, {}, subscription(receiver.url("/later")))
-        wait_until(lambda: _status(api, sub["id"])["status"] == "active", what="the handshake")
+        sub = subscribe(api, {}, subscription(receiver.url("/later")))
+        wait_until(lambda: status_of(api, sub["id"])["status"] == "active", what="the handshake")
         receiver.always = 500
-        pid = _new_patient(api)
+        pid = new_patient(api)
         for _ in range(2):
             api.post(
                 "/fhir/MedicationRequest", json=prescription(patient_id=pid), headers=FHIR_JSON
             )
-        wait_until(lambda: _status(api, sub["id"])["status"] == "error", what="error")
+        wait_until(lambda: status_of(api, sub["id"])["status"] == "error", what="error")
         time.sleep(1.0)
         queue = queue_module.queue_for(hook_settings)
         with queue.engine.connect() as conn:
@@ -187,6 +152,11 @@ def test_registration_is_checked(hook_settings, receiver):
         cases = [
             (subscription("file:///etc/passwd"), 422),
             (subscription("ftp://example.org/x"), 422),
+            (subscription("http://[::1/x"), 422),  # not a URL at all
+            (subscription("http://example.org:0/x"), 422),
+            (subscription("http://example.org:65536/x"), 422),
+            (subscription("http://example.org:99999/x"), 422),
+            (subscription("http://example.org:http/x"), 422),
             (subscription(receiver.url(), status="active"), 422),
             (subscription(receiver.url(), criteria="MedicationRequest?bogus=1"), 400),
             (subscription(receiver.url(), criteria="Nope?status=active"), 400),
@@ -221,26 +191,26 @@ def test_nothing_is_lost_while_the_queue_is_down(settings, receiver):
     try:
         with TestClient(create_app(dead), base_url=BASE_URL) as api:
             api.headers.update(service_headers(dead))
-            sub = _subscribe(api, {}, subscription(receiver.url()))  # Redis is down: 201 anyway
+            sub = subscribe(api, {}, subscription(receiver.url()))  # Redis is down: 201 anyway
             assert receiver.requests == []
             with hosted(alive) as queue:  # a worker starts: it relays what was left behind
-                wait_until(lambda: _status(api, sub["id"])["status"] == "active", what="active")
-                rx = prescription(patient_id=_new_patient(api))
+                wait_until(lambda: status_of(api, sub["id"])["status"] == "active", what="active")
+                rx = prescription(patient_id=new_patient(api))
                 made = api.post("/fhir/MedicationRequest", json=rx, headers=FHIR_JSON).json()
                 assert len(receiver.accepted()) == 1  # queued nowhere: Redis is still down
                 time.sleep(0.1)
                 assert relay_due(queue) == 1  # the periodic relay
-                wait_until(lambda: len(_events(receiver)) == 1, what="the notification")
+                wait_until(lambda: len(events(receiver)) == 1, what="the notification")
     finally:
         queue_module.forget(dead)
         queue_module.forget(alive)
-    assert _events(receiver)[0]["entry"][0]["resource"]["id"] == made["id"]
+    assert events(receiver)[0]["entry"][0]["resource"]["id"] == made["id"]
 
 
 def test_a_subscription_is_its_owners_alone(client, settings, signed_in, receiver):
     north, south = signed_in(role="pharmacist"), signed_in(role="pharmacist")
     try:
-        mine = _subscribe(client, north, subscription(receiver.url()))
+        mine = subscribe(client, north, subscription(receiver.url()))
         path = f"/fhir/Subscription/{mine['id']}"
         assert client.get(path, headers=north).status_code == 200
         assert client.get(path).status_code == 200  # admins see every subscription

@@ -9,6 +9,10 @@ one is never announced. Each match is checked with the search engine under the S
 Each notification takes the next number of its subscription's sequence (`last_seq`, incremented
 under the subscription row's lock), so the order of the sequence is the order of the commits, and
 the deliverer sends them in that order. After the commit the subscription is handed to the queue.
+
+A subscription whose owner's access is gone (account deactivated, password reset since they last
+wrote it) is not matched: it is owed an OWNER_GONE mark instead, on which the deliverer sets it
+to `error`, saying why. One past its `end` is not matched either; the deliverer turns it off.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import Access
@@ -36,6 +41,8 @@ from vitasync_fhir.subscriptions.tables import (
     DROPPED,
     EVENT,
     HANDSHAKE,
+    LIVE,
+    OWNER_GONE,
     PENDING,
     REQUESTED,
     subscription_deliveries,
@@ -97,44 +104,95 @@ async def _register(resources: Resources, write: Write) -> set[str]:
         "endpoint": channel.get("endpoint", ""),
         "payload": channel.get("payload"),
         "headers": [h for h in channel.get("header") or [] if isinstance(h, str)],
+        "ends_at": end_of(resource),
     }
+    caller = resources.access.caller
     if row is None:
         await session.execute(
             insert(subscriptions).values(
                 id=sid,
-                owner=owner_claims(resources.access.caller),
-                owner_key=ownership.key_of(resources.access.caller),
+                owner=owner_claims(caller),
+                owner_key=ownership.key_of(caller),
                 last_seq=0,
                 created_at=now_utc(),
                 **values,
             )
         )
     else:
+        if caller is not None and ownership.key_of(caller) == row.owner_key:
+            # The owner as they are now: after a password reset, their new sign-in; and a mark
+            # that their access was gone, not yet acted on, is out of date.
+            values["owner"] = owner_claims(caller)
+            await _drop_pending(session, sid, "the owner updated the subscription", OWNER_GONE)
         await session.execute(
             update(subscriptions).where(subscriptions.c.id == sid).values(**values)
         )
-        if status != ACTIVE and not (status == REQUESTED == row.status):
-            # Off, in error, or asked for again: what it was owed before is not sent.
+        if status not in LIVE:
+            # Off, or in error: what it was owed before is not sent.
             await _drop_pending(session, sid, f"the subscription became {status}")
     mark_written(session)
+    if status in LIVE and ended(values["ends_at"]):
+        return {sid}  # nothing is sent: the deliverer turns it off
     if status == REQUESTED and (row is None or row.status != REQUESTED):
-        await _owe(session, sid, kind=HANDSHAKE)
+        handshake = await _owe(session, sid, kind=HANDSHAKE)
+        await _behind(session, sid, handshake)
         return {sid}
     return set()
 
 
-async def _drop_pending(session: AsyncSession, sid: str, reason: str) -> None:
+def end_of(resource: dict) -> datetime | None:
+    """Subscription.end (an instant) in UTC; None when there is none."""
+    end = resource.get("end")
+    if not isinstance(end, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None  # validation lets no such instant through; nothing to end then
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def ended(ends_at: datetime | None) -> bool:
+    if ends_at is None:
+        return False
+    moment = ends_at if ends_at.tzinfo else ends_at.replace(tzinfo=UTC)
+    return moment <= now_utc()
+
+
+async def _behind(session: AsyncSession, sid: str, handshake: int) -> None:
+    """Notifications still owed (an edit asks for a new handshake) move behind the handshake.
+
+    Nothing may reach the endpoint before it has shaken hands, and the sequence keeps growing in
+    the order things are sent, so they are renumbered after it, in their order, and start their
+    attempts afresh: the subscriber has just set things right.
+    """
+    d = subscription_deliveries
+    owed = (d.c.subscription_id == sid) & (d.c.status == PENDING) & (d.c.seq < handshake)
+    first, last = (
+        await session.execute(select(func.min(d.c.seq), func.max(d.c.seq)).where(owed))
+    ).one()
+    if first is None:
+        return
+    shift = handshake - first + 1  # every new number is above every number in use: no clash
     await session.execute(
-        update(subscription_deliveries)
-        .where(
-            subscription_deliveries.c.subscription_id == sid,
-            subscription_deliveries.c.status == PENDING,
-        )
-        .values(status=DROPPED, last_error=reason)
+        update(d).where(owed).values(seq=d.c.seq + shift, attempts=0, next_attempt_at=now_utc())
+    )
+    await session.execute(
+        update(subscriptions).where(subscriptions.c.id == sid).values(last_seq=last + shift)
     )
 
 
-async def _owe(session: AsyncSession, sid: str, *, kind: str, write: Write | None = None) -> None:
+async def _drop_pending(
+    session: AsyncSession, sid: str, reason: str, kind: str | None = None
+) -> None:
+    d = subscription_deliveries
+    owed = (d.c.subscription_id == sid) & (d.c.status == PENDING)
+    if kind is not None:
+        owed &= d.c.kind == kind
+    await session.execute(update(d).where(owed).values(status=DROPPED, last_error=reason))
+
+
+async def _owe(session: AsyncSession, sid: str, *, kind: str, write: Write | None = None) -> int:
     """A delivery row with the subscription's next sequence number (taken under its row lock)."""
     seq = (
         await session.execute(
@@ -161,6 +219,7 @@ async def _owe(session: AsyncSession, sid: str, *, kind: str, write: Write | Non
         )
     )
     mark_written(session)
+    return seq
 
 
 # -- matching ------------------------------------------------------------------------------------
@@ -183,8 +242,14 @@ async def _match(resources: Resources, writes: Sequence[Write]) -> set[str]:
     ).all()
     owed: set[str] = set()
     for row in rows:
+        if ended(row.ends_at):
+            owed.add(row.id)  # the deliverer turns it off
+            continue
         access = await _subscriber(session, row.owner)
         if access is None:
+            if not await _marked_gone(session, row.id):
+                await _owe(session, row.id, kind=OWNER_GONE)
+            owed.add(row.id)
             continue
         _, query = registration.split_criteria(row.criteria)
         for write in written:
@@ -194,6 +259,16 @@ async def _match(resources: Resources, writes: Sequence[Write]) -> set[str]:
                 await _owe(session, row.id, kind=EVENT, write=write)
                 owed.add(row.id)
     return owed
+
+
+async def _marked_gone(session: AsyncSession, sid: str) -> bool:
+    d = subscription_deliveries
+    found = await session.execute(
+        select(d.c.id)
+        .where(d.c.subscription_id == sid, d.c.status == PENDING, d.c.kind == OWNER_GONE)
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def _subscriber(session: AsyncSession, owner: dict | None) -> Access | None:
@@ -242,4 +317,3 @@ def _hand_over_after_commit(session: AsyncSession, subscription_ids: list[str]) 
             log.warning("subscriptions %s not queued now (%s)", subscription_ids, error)
 
     after_commit(session, later)
-

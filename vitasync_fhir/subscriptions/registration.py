@@ -1,23 +1,25 @@
 """Checking a Subscription a client writes (the write rule of fhir/rules.py).
 
-Supported: channel.type rest-hook to an http(s) endpoint, criteria `Type?search` (any search this
-server understands, checked now so a typo answers 400 at once), payload `application/fhir+json`
-(or `application/json`) or none. A client writes status `requested` (the server then shakes hands
-and makes it `active` or `error`) or `off`; `active` and `error` are the server's to set. The
-caller must be allowed to search the criteria's type: they will only ever hear of what their own
-access lets them read.
+Supported: channel.type rest-hook to an http(s) endpoint (on the public internet unless
+`subscription_allow_private`; see endpoints.py), channel.header lines that do not frame the
+request, criteria `Type?search` (any search this server understands, checked now so a typo
+answers 400 at once), payload `application/fhir+json` (or `application/json`) or none. A client
+writes status `requested` (the server then shakes hands and makes it `active` or `error`) or
+`off`; `active` and `error` are the server's to set. The caller must be allowed to search the
+criteria's type: they will only ever hear of what their own access lets them read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from vitasync_fhir import config
 from vitasync_fhir.fhir.models import is_resource_type
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.fhir.search.service import match_ids
 from vitasync_fhir.fhir.store import Write
+from vitasync_fhir.subscriptions.endpoints import endpoint_error, header_error
 from vitasync_fhir.subscriptions.tables import OFF, REQUESTED
 
 if TYPE_CHECKING:
@@ -31,15 +33,6 @@ def split_criteria(criteria: str) -> tuple[str, str]:
     """(resource type, search query) of `Type?query`."""
     resource_type, _, query = criteria.strip().partition("?")
     return resource_type, query
-
-
-def endpoint_error(endpoint: object) -> str | None:
-    if not isinstance(endpoint, str) or not endpoint:
-        return "channel.endpoint is required"
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "channel.endpoint must be an http:// or https:// URL"
-    return None
 
 
 def _invalid(message: str, expression: str) -> FhirError:
@@ -58,9 +51,17 @@ async def check_subscription(
             422, "not-supported", "Only rest-hook subscriptions are supported",
             expression="Subscription.channel.type",
         )  # fmt: skip
-    problem = endpoint_error(channel.get("endpoint"))
+    settings = resources.session.info.get("settings")
+    if not isinstance(settings, config.Settings):
+        settings = config.settings
+    problem = endpoint_error(
+        channel.get("endpoint"), allow_private=settings.subscription_allow_private
+    )
     if problem:
         raise _invalid(problem, "channel.endpoint")
+    problem = header_error(channel.get("header"))
+    if problem:
+        raise _invalid(problem, "channel.header")
     payload = channel.get("payload")
     if payload is not None and payload not in PAYLOADS:
         raise _invalid(

@@ -27,6 +27,7 @@ REQUESTED = "requested"
 ACTIVE = "active"
 ERROR = "error"
 OFF = "off"
+LIVE = (REQUESTED, ACTIVE)  # what the deliverer sends for
 
 # subscription_deliveries.status
 PENDING = "pending"
@@ -36,6 +37,9 @@ DROPPED = "dropped"  # its subscription was switched off, errored or deleted fir
 
 HANDSHAKE = "handshake"
 EVENT = "event"
+# Not sent: tells the deliverer, in its turn, that the subscriber's access is gone (their account
+# deactivated, or their password reset since the subscription was last written by them).
+OWNER_GONE = "owner-gone"
 
 subscriptions = Table(
     "subscriptions",
@@ -51,6 +55,7 @@ subscriptions = Table(
     Column("owner", JSON, nullable=True),
     # "user:<id>" or "client:<client_id>": only they (and admins) see and change it (ownership.py).
     Column("owner_key", String(200), nullable=True),
+    Column("ends_at", DateTime(timezone=True), nullable=True),  # Subscription.end
     Column("last_seq", BigInteger, nullable=False),  # the last notification's sequence number
     # One deliverer at a time per subscription keeps its notifications in order.
     Column("claim", String(32), nullable=True),

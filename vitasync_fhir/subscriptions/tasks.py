@@ -2,23 +2,22 @@
 
 `deliver` (a Huey task taking a subscription id) claims the subscription for a lease (one deliverer
 per subscription, whatever the number of workers), then POSTs its pending notifications in `seq`
-order. A later notification is never sent before an earlier one succeeded or was given up:
-a failure schedules a retry of the same notification (backoff doubling from
-`subscription_backoff_seconds`) and stops; after `subscription_max_attempts` failures the
-notification is dead and the Subscription becomes `error` (its `error` element says why), which
-drops whatever it was still owed. A 2xx answer is success; anything else, or no answer within
-`subscription_timeout_seconds`, a failure.
+order (sending.py). Before each POST it renews its lease, and stops if another deliverer has
+claimed the subscription meanwhile; each POST is over within `subscription_timeout_seconds`, and
+the lease outlasts that by `subscription_lease_seconds`, so two deliverers never send at once. A
+later notification is never sent before an earlier one succeeded or was given up: a failure
+schedules a retry of the same notification (backoff doubling from `subscription_backoff_seconds`)
+and stops; after `subscription_max_attempts` failures the notification is dead and the
+Subscription becomes `error` (its `error` element says why), which drops whatever it was still
+owed. A 2xx answer is success; anything else, or no answer within the deadline, a failure.
+
+A subscription past its `end` is turned `off` and sends nothing more; one whose owner's access is
+gone (events.py marks it) becomes `error`, and its owner resumes it by updating it.
 
 The request path only hands subscription ids to the queue; the rows are the record. The relay (a
-periodic task every minute) hands over subscriptions whose notifications are overdue: queued while
-Redis was down, or left behind by a worker that died (its claim's lease runs out).
-
-The notifications (R4 rest-hook):
-- handshake: an empty POST when the subscription is requested; a 2xx makes it `active`.
-- payload absent: an empty POST (the subscriber then reads what changed).
-- payload `application/fhir+json`: a Bundle of type `history` with one entry, the version that
-  matched (fullUrl, resource, request, response with its ETag), as `application/fhir+json`.
-Each carries the subscription's `channel.header` lines and `X-Subscription-Sequence`.
+periodic task every minute) hands over subscriptions whose notifications are overdue (queued while
+Redis was down, or left behind by a worker that died: its claim's lease runs out) and live ones
+whose `end` has come.
 """
 
 from __future__ import annotations
@@ -26,25 +25,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from uuid import uuid4
 
-import httpx
 import orjson
 from huey import crontab
 from huey.api import TaskWrapper
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, union, update
 
 from vitasync_fhir.config import Settings
-from vitasync_fhir.fhir.service import instant
-from vitasync_fhir.fhir.tables import resource_history
 from vitasync_fhir.notify.outbox import now_utc
 from vitasync_fhir.notify.queue import Queue, queue_for
+from vitasync_fhir.subscriptions import sending
+from vitasync_fhir.subscriptions.events import ended
 from vitasync_fhir.subscriptions.tables import (
     ACTIVE,
     DEAD,
     ERROR,
     HANDSHAKE,
+    LIVE,
+    OFF,
+    OWNER_GONE,
     PENDING,
     REQUESTED,
     SENT,
@@ -55,9 +56,13 @@ from vitasync_fhir.subscriptions.tables import (
 log = logging.getLogger(__name__)
 
 _tasks: dict[Queue, TaskWrapper] = {}
-LIVE = (REQUESTED, ACTIVE)
 d = subscription_deliveries
 s = subscriptions
+
+OWNER_GONE_ERROR = (
+    "the subscriber's access is gone (their account was deactivated, or their password reset"
+    " since they last wrote this subscription): its owner may update it to resume"
+)
 
 
 def install(queue: Queue) -> None:
@@ -83,17 +88,17 @@ def hand_over(settings: Settings, subscription_ids: list[str]) -> None:
 
 
 def relay_due(queue: Queue) -> int:
-    """Hand over the subscriptions with notifications overdue; how many."""
-    cutoff = now_utc() - timedelta(seconds=queue.settings.notify_relay_grace_seconds)
+    """Hand over the subscriptions with notifications overdue, or past their end; how many."""
+    moment = now_utc()
+    cutoff = moment - timedelta(seconds=queue.settings.notify_relay_grace_seconds)
+    overdue = (
+        select(d.c.subscription_id)
+        .join(s, s.c.id == d.c.subscription_id)
+        .where(d.c.status == PENDING, d.c.next_attempt_at <= cutoff, s.c.status.in_(LIVE))
+    )
+    over = select(s.c.id).where(s.c.status.in_(LIVE), s.c.ends_at <= moment)
     with queue.engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(d.c.subscription_id)
-                .join(s, s.c.id == d.c.subscription_id)
-                .where(d.c.status == PENDING, d.c.next_attempt_at <= cutoff, s.c.status.in_(LIVE))
-                .distinct()
-            ).scalars()
-        )
+        ids = list(conn.execute(union(overdue, over)).scalars())
     for subscription_id in ids:
         _tasks[queue](subscription_id)
     return len(ids)
@@ -106,7 +111,7 @@ def deliver_all(queue: Queue, subscription_id: str) -> str:
         if not _claim(queue, subscription_id, token):
             return "busy"  # another deliverer holds it and will see what is pending
         try:
-            outcome = _run(queue, subscription_id)
+            outcome = _run(queue, subscription_id, token)
         finally:
             _release(queue, subscription_id, token)
         # A notification committed while this run ended may have been handed to the queue while
@@ -115,9 +120,15 @@ def deliver_all(queue: Queue, subscription_id: str) -> str:
             return outcome
 
 
+def _lease(settings: Settings) -> timedelta:
+    """Long enough for one POST (the deadline) and the bookkeeping around it."""
+    return timedelta(
+        seconds=settings.subscription_timeout_seconds + settings.subscription_lease_seconds
+    )
+
+
 def _claim(queue: Queue, subscription_id: str, token: str) -> bool:
     moment = now_utc()
-    lease = timedelta(seconds=queue.settings.subscription_timeout_seconds * 3 + 60)
     with queue.engine.begin() as conn:
         return bool(
             conn.execute(
@@ -126,7 +137,22 @@ def _claim(queue: Queue, subscription_id: str, token: str) -> bool:
                     s.c.id == subscription_id,
                     or_(s.c.claim.is_(None), s.c.claimed_until < moment),
                 )
-                .values(claim=token, claimed_until=moment + lease)
+                .values(claim=token, claimed_until=moment + _lease(queue.settings))
+            ).rowcount
+        )
+
+
+def _renew(queue: Queue, subscription_id: str, token: str) -> bool:
+    """Extend the lease before a POST; False when another deliverer has claimed it meanwhile.
+
+    A lease that ran out but was not taken is still ours: only a claim changes the token.
+    """
+    with queue.engine.begin() as conn:
+        return bool(
+            conn.execute(
+                update(s)
+                .where(s.c.id == subscription_id, s.c.claim == token)
+                .values(claimed_until=now_utc() + _lease(queue.settings))
             ).rowcount
         )
 
@@ -156,7 +182,8 @@ def _due(queue: Queue, subscription_id: str) -> bool:
         )
 
 
-def _run(queue: Queue, subscription_id: str) -> str:
+def _run(queue: Queue, subscription_id: str, token: str) -> str:
+    settings = queue.settings
     while True:
         with queue.engine.connect() as conn:
             sub = conn.execute(select(s).where(s.c.id == subscription_id)).first()
@@ -168,17 +195,25 @@ def _run(queue: Queue, subscription_id: str) -> str:
             ).first()
         if sub is None or sub.status not in LIVE:
             return "stopped"
+        if ended(sub.ends_at):
+            _set_status(settings, subscription_id, OFF, expect=sub.status)
+            return "stopped"
         if head is None:
             return "drained"
-        wait = (_aware(head.next_attempt_at) - now_utc()).total_seconds()
+        wait = (sending.aware(head.next_attempt_at) - now_utc()).total_seconds()
         if wait > 0:
             _tasks[queue].schedule(args=(subscription_id,), delay=wait)
             return "waiting"
+        if head.kind == OWNER_GONE:  # in its turn: what was matched before it was still theirs
+            _set_status(settings, subscription_id, ERROR, expect=sub.status, error=OWNER_GONE_ERROR)
+            return "stopped"
+        if not _renew(queue, subscription_id, token):
+            return "busy"  # our lease ran out and another deliverer took over: it sends this
         try:
-            error = _post(queue, sub, head)
-        except Exception as unexpected:  # a bug must not wedge the sequence: count it a failure
+            error = sending.notify(queue, sub, head)
+        except Exception:  # a bug must not wedge the sequence: count it a failure
             log.exception("subscription %s: notification %s", subscription_id, head.seq)
-            error = f"{unexpected.__class__.__name__}: {unexpected}"
+            error = "the notification could not be sent (a server error)"
         if error is None:
             _settle(queue, head.id, status=SENT, attempts=head.attempts + 1, sent_at=now_utc())
             if head.kind == HANDSHAKE:
@@ -221,82 +256,6 @@ def _failed(queue: Queue, sub, head, error: str) -> str:  # type: ignore[no-unty
 def _settle(queue: Queue, delivery_id: int, **values: object) -> None:
     with queue.engine.begin() as conn:
         conn.execute(update(d).where(d.c.id == delivery_id, d.c.status == PENDING).values(**values))
-
-
-# -- the HTTP side -------------------------------------------------------------------------------
-
-
-def _post(queue: Queue, sub, head) -> str | None:  # type: ignore[no-untyped-def]
-    """POST one notification; None on a 2xx, else what went wrong."""
-    headers = _headers(sub.headers)
-    headers["X-Subscription-Sequence"] = str(head.seq)
-    body = None
-    if head.kind != HANDSHAKE and sub.payload:
-        body = _bundle(queue, head)
-        if body is None:
-            return None  # the version is gone (history is immutable, so: never); nothing to say
-        headers["Content-Type"] = "application/fhir+json"
-    try:
-        with httpx.Client(
-            timeout=queue.settings.subscription_timeout_seconds, follow_redirects=False
-        ) as http:
-            answer = http.post(sub.endpoint, content=body or b"", headers=headers)
-    except httpx.HTTPError as error:
-        return f"{error.__class__.__name__}: {error}"
-    if 200 <= answer.status_code < 300:
-        return None
-    return f"HTTP {answer.status_code}"
-
-
-def _headers(lines: list[str]) -> dict[str, str]:
-    headers = {}
-    for line in lines or []:
-        name, _, value = line.partition(":")
-        if name.strip() and "\n" not in line and "\r" not in line:
-            headers[name.strip()] = value.strip()
-    return headers
-
-
-def _bundle(queue: Queue, head) -> bytes | None:  # type: ignore[no-untyped-def]
-    h = resource_history
-    with queue.engine.connect() as conn:
-        version = conn.execute(
-            select(h).where(
-                and_(
-                    h.c.resource_type == head.resource_type,
-                    h.c.id == head.resource_id,
-                    h.c.version_id == head.version_id,
-                )
-            )
-        ).first()
-    if version is None or version.content is None:
-        return None
-    base = queue.settings.fhir_base
-    created = head.version_id == 1
-    entry = {
-        "fullUrl": f"{base}/{head.resource_type}/{head.resource_id}",
-        "resource": orjson.Fragment(version.content),
-        "request": {
-            "method": "POST" if created else "PUT",
-            "url": head.resource_type if created else f"{head.resource_type}/{head.resource_id}",
-        },
-        "response": {
-            "status": "201" if created else "200",
-            "etag": f'W/"{head.version_id}"',
-            "lastModified": instant(_aware(version.last_updated)),
-        },
-    }
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "history",
-        "timestamp": instant(now_utc()),
-        "entry": [entry],
-    }
-    return orjson.dumps(bundle)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- the Subscription resource's status ------------------------------------------------------------
