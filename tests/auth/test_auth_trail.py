@@ -7,6 +7,7 @@ read of the AuditEvents first waits for what this worker still holds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,3 +231,82 @@ def test_a_cached_caller_lasts_auth_cache_seconds_at_most(settings: Settings, se
             assert api.get("/fhir/Patient", headers=nurse).status_code == 200  # still trusted
             time.sleep(seconds + 0.2)
         assert api.get("/fhir/Patient", headers=nurse).status_code == 401
+
+
+def test_an_event_the_database_refuses_does_not_hold_back_the_others(
+    settings: Settings, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL refused a batch holding a reference longer than its index column (a refused
+    request for a 100-character id), and the trail retried that batch for ever: nothing more
+    was stored. Now the batch is stored one by one and only the refused event is dropped."""
+    bad = _event("p-bad")
+    bad["entity"][0]["what"] = {"reference": "Patient/" + "x" * 100}  # as built before
+    trail = AuditTrail(settings)
+    trail.add(bad)
+    trail.add(_event("p-good"))
+    assert trail.drain(timeout=15)
+    trail.add(_event("p-later"))
+    trail.close()
+    postgres = settings.database_url.startswith("postgresql")
+    assert _stored_events(settings) == (2 if postgres else 3)
+    if postgres:
+        assert "could not be stored and is dropped" in caplog.text
+
+
+def test_an_odd_id_or_query_is_recorded_as_text() -> None:
+    event = audit.audit_event(
+        None,
+        action="read",
+        resource_type="Observation",
+        resource_id="x" * 100 + "\x00",
+        outcome="denied",
+        source_ip=None,
+        query="name=a\x00b",
+    )
+    entity = event["entity"][0]
+    assert entity["what"] == {"display": "Observation/" + "x" * 100 + "\N{REPLACEMENT CHARACTER}"}
+    assert "\x00" not in base64.b64decode(entity["query"]).decode()
+    plain = audit.audit_event(
+        None,
+        action="read",
+        resource_type="Observation",
+        resource_id="o-1",
+        outcome="success",
+        source_ip=None,
+    )
+    assert plain["entity"][0]["what"] == {"reference": "Observation/o-1"}
+
+
+def test_a_refused_odd_id_is_audited_and_the_trail_goes_on(settings: Settings) -> None:
+    with TestClient(create_app(settings), base_url=BASE_URL) as api:
+        admin = auth_headers(settings, role="admin")
+        pharmacist = auth_headers(settings, role="pharmacist")
+        for odd in ("x" * 100, "ab%00cd"):
+            assert api.get(f"/api/vitals/{odd}", headers=pharmacist).status_code == 403
+        made = api.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=admin).json()
+        assert api.get(f"/fhir/Patient/{made['id']}", headers=admin).status_code == 200
+        found = api.get("/fhir/AuditEvent", params={"_count": 100}, headers=admin).json()
+        events = [e["resource"] for e in found["entry"]]
+        shown = [e["entity"][0].get("what", {}) for e in events if e.get("entity")]
+        assert {"display": "Observation/" + "x" * 100} in shown
+        assert {"reference": f"Patient/{made['id']}"} in shown  # stored after the odd ones
+
+
+def test_past_audit_max_pending_the_oldest_are_dropped_and_said(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    away = tmp_path / "away" / "db.sqlite3"
+    settings = Settings(
+        database_url=f"sqlite:///{away}", data_dir=tmp_path / "var", audit_max_pending=600
+    )
+    trail = AuditTrail(settings)
+    for n in range(3000):
+        trail.add(_event(f"p{n}"))
+    deadline = time.monotonic() + 10
+    while trail._queue.qsize() > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert trail._queue.qsize() == 0  # gathered, and bounded: not left to grow in the queue
+    assert "dropping" in caplog.text
+    away.parent.mkdir()
+    migrations.upgrade(settings.database_url)
+    assert trail.drain(timeout=30)
+    trail.close()
+    assert _stored_events(settings) <= 600 + 500

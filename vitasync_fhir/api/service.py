@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -81,7 +82,8 @@ class ApiResources:
             limit=per_page,
             restrict=self.access.restriction(),
         )
-        await self.access.audited(self.session, "search-type", self.fhir_type)
+        searched = urlencode(pairs) or None  # the FHIR search the /api list ran
+        await self.access.audited(self.session, "search-type", self.fhir_type, query=searched)
         items = [from_fhir(self.mapping, orjson.loads(c)) for c in contents]
         return {"items": items, "page": page, "per_page": per_page, "total": total}
 

@@ -259,12 +259,17 @@ class Access:
         )
 
     async def record_denial(
-        self, resource_type: str | None, action: str, resource_id: str | None = None
+        self,
+        resource_type: str | None,
+        action: str,
+        resource_id: str | None = None,
+        *,
+        query: str | None = None,
     ) -> None:
         """Audit a refusal (outcome 4, denied): apart from the request, which rolls back."""
         if self.database is None:
             return
-        event = self._event("denied", action, resource_type, resource_id)
+        event = self._event("denied", action, resource_type, resource_id, query=query)
         if self.trail is not None:
             self.trail.add(event)
             return

@@ -10,6 +10,7 @@ tests) they are stored in a unit of work of their own (`record_apart`).
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
@@ -22,6 +23,7 @@ DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 AUDIT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+OPERATIONS = "urn:vitasync:operation"  # our own: the name of the operation run
 
 # interaction -> AuditEvent.action (C create, R read, U update, D delete, E execute)
 ACTIONS = {
@@ -63,7 +65,7 @@ def audit_event(
     event: dict = {
         "resourceType": "AuditEvent",
         "type": _event_type(action),
-        "subtype": [_subtype(action)],
+        "subtype": _subtypes(action),
         "action": ACTIONS.get(action, "E"),
         "recorded": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "outcome": OUTCOMES[outcome],
@@ -82,20 +84,20 @@ def audit_event(
     if description or outcome != "success":
         event["outcomeDesc"] = description or f"{action} {outcome}"
     entities = []
-    if resource_type:
-        entity: dict = {
-            "type": {"system": "http://hl7.org/fhir/resource-types", "code": resource_type}
-        }
-        if resource_id:
-            entity["what"] = {"reference": f"{resource_type}/{resource_id}"}
+    if resource_type or query:
+        entity: dict = {}
+        if resource_type:
+            entity["type"] = {"system": "http://hl7.org/fhir/resource-types", "code": resource_type}
+        if resource_type and resource_id:
+            entity["what"] = target(resource_type, resource_id)
         if query:
-            entity["query"] = base64.b64encode(query.encode()).decode()
+            entity["query"] = base64.b64encode(_printable(query).encode()).decode()
         entities.append(entity)
     patient = patient_id or (resource_id if resource_type == "Patient" else None)
     if patient and not (resource_type == "Patient" and resource_id == patient):
         entities.append(
             {
-                "what": {"reference": f"Patient/{patient}"},
+                "what": target("Patient", patient),
                 "type": {
                     "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
                     "code": "1",
@@ -111,10 +113,35 @@ def audit_event(
     return event
 
 
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """What a caller sent, without the control characters no FHIR string holds (PostgreSQL
+    refuses NUL): an event must be storable whatever the request held."""
+    return _UNPRINTABLE.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def target(resource_type: str, resource_id: str) -> dict:
+    """entity.what for a resource: a reference when the id is one a resource can have, else the
+    id as asked for, as text (a refused request for `/api/vitals/<200 characters>` is recorded
+    too, and must not break the index of references, whose ids are at most 64 characters)."""
+    if _ID.fullmatch(resource_id):
+        return {"reference": f"{resource_type}/{resource_id}"}
+    return {"display": f"{resource_type}/{_printable(resource_id)[:200]}"}
+
+
 def _event_type(action: str) -> dict:
     if action in ("login", "logout"):
         return {"system": DICOM, "code": "110114", "display": "User Authentication"}
     return {"system": AUDIT_TYPE, "code": "rest", "display": "Restful Operation"}
+
+
+def _subtypes(action: str) -> list[dict]:
+    """The interaction; an operation's own name ($print, $export...) follows as a second code."""
+    named = [{"system": OPERATIONS, "code": action}] if action.startswith("$") else []
+    return [_subtype(action), *named]
 
 
 def _subtype(action: str) -> dict:
@@ -127,6 +154,8 @@ def _subtype(action: str) -> dict:
         "search": "search-type",
         "history": "history-instance",
     }.get(action, action)
+    if code.startswith("$"):  # an operation: restful-interaction has only "operation" for these
+        return {"system": RESTFUL, "code": "operation"}
     return {"system": RESTFUL, "code": code}
 
 

@@ -30,7 +30,10 @@ router = APIRouter(tags=["OAuth2"])
 well_known = APIRouter(tags=["discovery"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-PAGE_HEADERS = {**NO_STORE, "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+# same-origin, not no-referrer: no address of ours reaches another site (the app a consent sends
+# back to, say), while the forms' posts still name their origin, which auth/forms.py checks
+# (under no-referrer browsers send `Origin: null`, which is anybody's).
+PAGE_HEADERS = {**NO_STORE, "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'"
 _pages = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),

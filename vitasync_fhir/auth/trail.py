@@ -23,7 +23,7 @@ import time
 import psycopg
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 
 from vitasync_fhir.config import Settings
 
@@ -38,6 +38,7 @@ class AuditTrail:
         self._queue: queue.SimpleQueue[dict | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
+        self._failing = False  # the last write failed: the database is away
 
     def add(self, event: dict) -> None:
         self._queue.put(event)
@@ -83,15 +84,17 @@ class AuditTrail:
         try:
             while not stopping or pending:
                 stopping = self._collect(pending, waiting, block=not pending) or stopping
-                if pending and not self._write(engine, pending):
+                self._failing = bool(pending) and not self._write(engine, pending)
+                if self._failing:
                     if stopping:
                         log.error("audit trail: %d events not stored at shutdown", len(pending))
                         break
                     time.sleep(1.0)  # the database is away: keep them, try again
                     continue
-                for done in waiting:
-                    done.set()
-                waiting.clear()
+                if not pending:  # a backlog from an outage is written a batch at a time
+                    for done in waiting:
+                        done.set()
+                    waiting.clear()
         finally:
             for done in waiting:
                 done.set()
@@ -103,7 +106,10 @@ class AuditTrail:
         True when `close` asked the thread to stop.
         """
         deadline = time.monotonic() + self.settings.audit_flush_ms / 1000
-        while len(pending) < BATCH:
+        # While writing fails, everything waiting is gathered, so that past audit_max_pending
+        # the oldest are dropped (and said so) instead of the queue growing without end.
+        limit = self.settings.audit_max_pending + BATCH if self._failing else BATCH
+        while len(pending) < limit:
             try:
                 if block:
                     item = self._queue.get()
@@ -146,11 +152,49 @@ class AuditTrail:
             if stored:  # an earlier attempt committed them, and its answer was lost on the way
                 log.warning("audit trail: %d events had been stored already", len(stored))
                 pending[:] = [event for event in pending if event.get("id") not in stored]
+            elif not isinstance(error, _AWAY):  # the database answered: one event it refuses
+                self._write_one_by_one(engine, batch)  # must not hold back all the others
+                del pending[: len(batch)]
+                return True
             else:
                 log.warning("audit trail: %d events wait, writing failed: %s", len(pending), error)
             return False
         del pending[: len(batch)]
         return True
+
+    def _write_one_by_one(self, engine: Engine, batch: list[dict]) -> None:
+        """Store each event of a batch the database refused on its own; one it refuses alone
+        is dropped with an error in the log (what it recorded: action, type, agent)."""
+        from vitasync_fhir.auth import audit
+
+        for event in batch:
+            try:
+                with engine.begin() as connection:
+                    audit.store_many(connection, [event])
+            except Exception as error:  # noqa: BLE001 - this event only; the rest go on
+                if isinstance(error, _AWAY):
+                    self._queue.put(event)  # the database went away meanwhile: try it later
+                    continue
+                if _stored(engine, [event]):
+                    continue
+                log.error(
+                    "audit trail: an event could not be stored and is dropped (%s %s by %s): %s",
+                    event.get("subtype", [{}])[0].get("code"),
+                    [e.get("type", {}).get("code") for e in event.get("entity", [])],
+                    [a.get("who") for a in event.get("agent", [])],
+                    error,
+                )
+
+
+# Errors that mean the database is away (down, restarting, unreachable), not that it refused
+# what was sent: the events are kept and tried again.
+_AWAY = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 def _stored(engine: Engine, batch: list[dict]) -> set[str]:

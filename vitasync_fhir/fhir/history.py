@@ -134,7 +134,10 @@ async def page(
         restrict = access.restriction("history-type")
         restrict = restrict and (lambda table, _r=restrict, _t=types: _r(table, _t))
         await access.audited(
-            session, "history-type" if resource_type else "history-system", resource_type
+            session,
+            "history-type" if resource_type else "history-system",
+            resource_type,
+            query=request.url.query or None,
         )
     store = Store(session)
     rows = await store.history(

@@ -4,6 +4,8 @@ Huey consumer (the embedded SQLite queue, in threads of this process)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -296,6 +298,16 @@ def test_role_policy_limits_the_export(
     assert client.get(patient_status, headers=mine_again).status_code == 200
     narrower = _same_account_token(settings, own, scope="patient/Patient.rs")
     assert client.get(patient_status, headers=narrower).status_code == 404
+    # Each download is audited (a refused one too), with the file it asked for.
+    trail = client.get("/fhir/AuditEvent", params={"_count": 1000}).json()["entry"]
+    downloads = [
+        (e["resource"]["outcome"], base64.b64decode(e["resource"]["entity"][0]["query"]).decode())
+        for e in trail
+        if '"$export"' in json.dumps(e["resource"]["subtype"]) and e["resource"].get("entity")
+    ]
+    file_path = url.split("/fhir/", 1)[1]
+    assert ("0", file_path) in downloads
+    assert any(outcome == "4" for outcome, _ in downloads)
 
 
 def _same_account_token(settings: Settings, headers: dict[str, str], *, scope: str) -> dict:

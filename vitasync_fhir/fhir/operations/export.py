@@ -172,5 +172,12 @@ async def export_file(
 ) -> Response:
     """One NDJSON file of a finished export."""
     settings = request.app.state.settings
-    path = await service.file_path(session, settings, _caller(access), job_id, file_name)
+    asked = f"_export/{job_id}/{file_name}"
+    try:
+        path = await service.file_path(session, settings, _caller(access), job_id, file_name)
+    except FhirError:
+        await access.record_denial(None, "$export", query=asked)
+        raise
+    # The file holds what the kick-off was audited for; its download is an access of its own.
+    await access.audited(session, "$export", None, query=asked)
     return FileResponse(path, media_type=NDJSON)
