@@ -994,6 +994,26 @@ class Included:
     cut: dict[Include, str]
 
 
+async def patients_of(
+    session: AsyncSession, keys: Sequence[tuple[str, str]], *, limit: int
+) -> list[str]:
+    """The ids of the patients whose compartments hold these resources (a Patient is in its
+    own), at most `limit`, in id order."""
+    rc = resource_compartments
+    keys = list(dict.fromkeys(keys))
+    query_ = (
+        select(rc.c.compartment_id)
+        .where(
+            rc.c.compartment_type == "Patient",
+            tuple_(rc.c.resource_type, rc.c.resource_id).in_(keys),
+        )
+        .distinct()
+        .order_by(rc.c.compartment_id)
+        .limit(limit)
+    )
+    return list((await session.execute(query_)).scalars())
+
+
 async def included(
     session: AsyncSession,
     found: Sequence[tuple[str, str]],

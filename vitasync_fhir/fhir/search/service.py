@@ -23,7 +23,7 @@ from vitasync_fhir.fhir.responses import bundle, bundle_entry, dumps
 from vitasync_fhir.fhir.search import paging, query
 from vitasync_fhir.fhir.search.index import fhir_base
 from vitasync_fhir.fhir.search.params import Include, Query, parse_query, shapes_result
-from vitasync_fhir.fhir.search.query import Restrict
+from vitasync_fhir.fhir.search.query import Restrict, patients_of
 from vitasync_fhir.fhir.search.summary import trim
 
 
@@ -80,17 +80,31 @@ async def search_for(
     if len(request.types) == 1:
         await access.require(request.types[0], "search")
     await access.settle_audit(request.types)
-    body = await search(session, settings, request, restrict=access.restriction())
+    shown: list[tuple[str, str]] = []
+    body = await search(session, settings, request, restrict=access.restriction(), shown=shown)
     action = "search-system" if request.system else "search-type"
     only = request.types[0] if len(request.types) == 1 else None
-    await access.audited(session, action, only, query=query or None)
+    # Whose data the page showed (matches and includes): the patients of their compartments,
+    # so that the trail answers "who saw this patient's record" for searches too.
+    patients = await patients_of(session, shown, limit=AUDITED_PATIENTS) if shown else []
+    more = [("Patient", patient) for patient in patients]
+    await access.audited(session, action, only, query=query or None, more=more)
     return body
 
 
+AUDITED_PATIENTS = 100  # at most this many patients named in one search's AuditEvent
+
+
 async def search(
-    session: AsyncSession, settings: Settings, request: Search, *, restrict: Restrict | None = None
+    session: AsyncSession,
+    settings: Settings,
+    request: Search,
+    *,
+    restrict: Restrict | None = None,
+    shown: list[tuple[str, str]] | None = None,
 ) -> str:
-    """The searchset Bundle of one page of a search, as JSON text."""
+    """The searchset Bundle of one page of a search, as JSON text; the (type, id) of each
+    resource in it are added to `shown` when given."""
     q = parse_query(
         request.types,
         request.pairs,
@@ -133,12 +147,16 @@ async def search(
         shown=len(page.rows),
     )
     entries = [_entry(settings, row, q, "match") for row in page.rows]
+    if shown is not None:
+        shown.extend((row.resource_type, row.id) for row in page.rows)
     if q.includes and page.rows:
         found = [(row.resource_type, row.id) for row in page.rows]
         extra = await query.gather_included(
             session, found, q.includes, restrict=restrict, limit=settings.max_page_size
         )
         entries.extend(_entry(settings, row, q, "include") for row in extra.rows)
+        if shown is not None:
+            shown.extend((row.resource_type, row.id) for row in extra.rows)
         cut = [_cut_issue(include, why, settings) for include, why in extra.cut.items()]
         issues = outcome_entries([*q.ignored, *cut])
     return bundle(bundle_type="searchset", entries=[*entries, *issues], total=total, links=links)
