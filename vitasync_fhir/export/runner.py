@@ -29,6 +29,7 @@ from vitasync_fhir.config import Settings
 from vitasync_fhir.db import Database
 from vitasync_fhir.export.request import filter_query
 from vitasync_fhir.export.service import (
+    aware,
     caller_from,
     expires_after,
     export_dir,
@@ -39,7 +40,7 @@ from vitasync_fhir.export.tables import COMPLETE, FAILED, QUEUED, RUNNING, expor
 from vitasync_fhir.fhir.operations.everything import parse_since
 from vitasync_fhir.fhir.search import query
 from vitasync_fhir.fhir.search.tables import resource_compartments
-from vitasync_fhir.fhir.tables import resources
+from vitasync_fhir.fhir.tables import resource_history, resources
 
 log = logging.getLogger(__name__)
 PAGE_ROWS = 5000
@@ -180,14 +181,14 @@ async def _export(database: Database, job_id: str, token: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     restrict = Access(caller_from(job.caller)).restriction("$export")
     cohort = _cohort(job.level, params.get("members") or [])
-    # No upper bound at transactionTime: a resource changed since kick-off is exported as it is
-    # now, not dropped (the manifest SHALL hold what was modified up to transactionTime).
     since = parse_since(params["since"]) if params.get("since") else None
+    moment = aware(job.transaction_time)
     output, total = [], 0
     types = await _present(database, params["types"])
     for number, resource_type in enumerate(types, start=1):
         filters = params["type_filters"].get(resource_type, [])
         where = _where(resource_type, filters, restrict, cohort, since, database.settings)
+        where = (where[0], [*where[1], _existed_at(where[0], moment)])
 
         async def tick(
             count: int, t: str = resource_type, n: int = number, before: int = total
@@ -304,6 +305,18 @@ def _where(  # noqa: PLR0913 - one export's selection really has these parts
     if since is not None:
         clauses.append(r.c.last_updated >= since)
     return r, clauses
+
+
+def _existed_at(r: FromClause, moment: datetime) -> ColumnElement[bool]:
+    """Resources that existed at transactionTime. The manifest SHALL hold what was modified up to
+    then and SHOULD NOT hold what was modified after: one changed since is exported as it is now
+    (dropping it would break the SHALL), one made since is left out (a later export with
+    `_since` = this transactionTime finds both)."""
+    h = resource_history
+    made_before = exists().where(
+        h.c.resource_type == r.c.resource_type, h.c.id == r.c.id, h.c.last_updated <= moment
+    )
+    return or_(r.c.last_updated <= moment, made_before)
 
 
 async def _write_type(

@@ -36,7 +36,7 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -127,7 +127,7 @@ async def _job(session: AsyncSession, caller: Caller, job_id: str):  # type: ign
     row = (await session.execute(select(export_jobs).where(export_jobs.c.id == job_id))).first()
     if row is None or not _owns(caller, row.caller, row.params.get("types") or []):
         raise FhirError(404, "not-found", f"There is no export {job_id}")
-    expires = _aware(row.expires_at)
+    expires = aware(row.expires_at)
     if expires is not None and expires <= now_utc():
         raise FhirError(404, "not-found", f"Export {job_id} has expired")
     return row
@@ -150,7 +150,7 @@ async def status(session: AsyncSession, settings: Settings, caller: Caller, job_
     base = f"{settings.fhir_base}/_export/{job_id}/"
     output = row.output or {}
     manifest = {
-        "transactionTime": instant(_aware(row.transaction_time)),
+        "transactionTime": instant(aware(row.transaction_time)),
         "request": row.request,
         "requiresAccessToken": True,
         "output": [
@@ -167,7 +167,7 @@ async def status(session: AsyncSession, settings: Settings, caller: Caller, job_
             {"type": item["type"], "url": base + item["file"], "count": item["count"]}
             for item in output.get("deleted", [])
         ]
-    return Status(True, "complete", manifest, _aware(row.expires_at))
+    return Status(True, "complete", manifest, aware(row.expires_at))
 
 
 async def cancel(session: AsyncSession, settings: Settings, caller: Caller, job_id: str) -> None:

@@ -348,12 +348,15 @@ def test_a_resource_changed_after_kickoff_is_exported_and_foreign_members_are_no
         },
     )["id"]
     group_status = kick_off(client, f"/fhir/Group/{group}/$export?_type=Patient")
+    late = create(client, {"resourceType": "Patient", "name": [{"family": "Late"}]})["id"]
     with hosted(settings):
         files = exported(client, wait_manifest(client, status))
         members = exported(client, wait_manifest(client, group_status))
     queue_module.forget(settings)
     assert ("Patient", first) in keys(files) and ("Patient", second) in keys(files)
     assert keys(members) == {("Patient", first)}  # another server's Patient is not ours
+    # made after transactionTime: not in the export (SHOULD NOT), found by the next with _since
+    assert ("Patient", late) not in keys(files)
 
 
 def test_delete_cancels_and_removes_files(

@@ -1000,18 +1000,17 @@ async def patients_of(
     """The ids of the patients whose compartments hold these resources (a Patient is in its
     own), at most `limit`, in id order."""
     rc = resource_compartments
-    keys = list(dict.fromkeys(keys))
-    query_ = (
-        select(rc.c.compartment_id)
-        .where(
-            rc.c.compartment_type == "Patient",
-            tuple_(rc.c.resource_type, rc.c.resource_id).in_(keys),
-        )
-        .distinct()
-        .order_by(rc.c.compartment_id)
-        .limit(limit)
+    wanted = set(keys)
+    # Two IN lists, not one of (type, id) pairs: PostgreSQL walks the (type, id) index with them
+    # (pairs made it scan); the few rows of another type with one of the ids are dropped below.
+    query_ = select(rc.c.resource_type, rc.c.resource_id, rc.c.compartment_id).where(
+        rc.c.compartment_type == "Patient",
+        rc.c.resource_type.in_({t for t, _ in wanted}),
+        rc.c.resource_id.in_({i for _, i in wanted}),
     )
-    return list((await session.execute(query_)).scalars())
+    rows = (await session.execute(query_)).all()
+    found = {row.compartment_id for row in rows if (row.resource_type, row.resource_id) in wanted}
+    return sorted(found)[:limit]
 
 
 async def included(
