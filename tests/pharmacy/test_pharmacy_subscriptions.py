@@ -227,3 +227,30 @@ def test_a_subscription_is_its_owners_alone(client, settings, signed_in, receive
         assert client.delete(path, headers=north).status_code == 204
     finally:
         queue_module.forget(settings)
+
+
+def test_a_notification_with_the_resource_is_audited_as_the_subscribers_read(
+    hook_settings, receiver
+):  # type: ignore[no-untyped-def]
+    """The payload hands the resource to the subscriber's endpoint: an access to patient data,
+    recorded as a read by them, naming the Subscription."""
+    with running(hook_settings) as api:
+        pharmacist = auth_headers(hook_settings, role="pharmacist")
+        token = pharmacist["Authorization"].split()[1]
+        fhir_user = tokens.decode_access_token(hook_settings, token)["fhirUser"]
+        sub = subscribe(api, pharmacist, subscription(receiver.url()))
+        wait_until(lambda: status_of(api, sub["id"])["status"] == "active", what="the handshake")
+        rx = prescription(patient_id=new_patient(api))
+        made = api.post("/fhir/MedicationRequest", json=rx, headers=FHIR_JSON).json()
+        wait_until(lambda: len(events(receiver)) == 1, what="the notification")
+
+        def reads() -> list[dict]:
+            entity = f"MedicationRequest/{made['id']}"
+            found = api.get("/fhir/AuditEvent", params={"entity": entity, "action": "R"})
+            return [e["resource"] for e in found.json().get("entry", [])]
+
+        wait_until(lambda: len(reads()) == 1, what="the AuditEvent of the notification")
+        read = reads()[0]
+    assert read["agent"][0]["who"] == {"reference": fhir_user}
+    assert read["agent"][0]["network"]["address"] == "127.0.0.1"
+    assert f"Subscription/{sub['id']}" in read["outcomeDesc"]

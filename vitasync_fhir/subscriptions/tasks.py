@@ -36,12 +36,13 @@ from sqlalchemy import or_, select, union, update
 from vitasync_fhir.config import Settings
 from vitasync_fhir.notify.outbox import now_utc
 from vitasync_fhir.notify.queue import Queue, queue_for
-from vitasync_fhir.subscriptions import sending
+from vitasync_fhir.subscriptions import disclosure, sending
 from vitasync_fhir.subscriptions.events import ended
 from vitasync_fhir.subscriptions.tables import (
     ACTIVE,
     DEAD,
     ERROR,
+    EVENT,
     HANDSHAKE,
     LIVE,
     OFF,
@@ -216,6 +217,8 @@ def _run(queue: Queue, subscription_id: str, token: str) -> str:
             error = "the notification could not be sent (a server error)"
         if error is None:
             _settle(queue, head.id, status=SENT, attempts=head.attempts + 1, sent_at=now_utc())
+            if head.kind == EVENT and sub.payload:  # the resource itself went out
+                disclosure.record(queue, sub, head)
             if head.kind == HANDSHAKE:
                 _set_status(queue.settings, subscription_id, ACTIVE, expect=REQUESTED)
             continue
