@@ -33,3 +33,16 @@ def test_a_search_names_the_patients_whose_data_it_showed(client, signed_in) -> 
     system = _search_events(client, "search-system")[-1]
     assert any(e.get("what", {}).get("reference") == f"Patient/{cy}" for e in system["entity"])
     assert any("query" in e for e in system["entity"])  # a search of several types keeps it too
+
+
+def test_an_api_list_names_the_patients_it_showed(client, signed_in) -> None:  # type: ignore[no-untyped-def]
+    for family in ("Ann", "Bob", "Cy"):
+        create(client, patient(family=family))
+    doctor = signed_in(role="doctor")
+    listed = client.get("/api/patients", params={"per_page": 2}, headers=doctor)
+    assert listed.status_code == 200, listed.text
+    shown = {f"Patient/{item['id']}" for item in listed.json()["items"]}
+    assert len(shown) == 2
+    event = _search_events(client, "search-type")[-1]
+    named = {e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})}
+    assert named == shown

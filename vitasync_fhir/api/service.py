@@ -19,7 +19,8 @@ from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.params import lookup, parse_query
-from vitasync_fhir.fhir.search.service import find
+from vitasync_fhir.fhir.search.query import patients_of
+from vitasync_fhir.fhir.search.service import AUDITED_PATIENTS, find
 from vitasync_fhir.fhir.service import Resources, Saved
 from vitasync_fhir.fhir.store import Version
 from vitasync_fhir.mapping.convert import FieldError, InvalidInput, from_fhir, is_of_kind, to_fhir
@@ -82,9 +83,18 @@ class ApiResources:
             limit=per_page,
             restrict=self.access.restriction(),
         )
-        searched = urlencode(pairs) or None  # the FHIR search the /api list ran
-        await self.access.audited(self.session, "search-type", self.fhir_type, query=searched)
-        items = [from_fhir(self.mapping, orjson.loads(c)) for c in contents]
+        found = [orjson.loads(c) for c in contents]
+        # As a FHIR search's: the query it ran and the patients whose records the page showed.
+        keys = [(self.fhir_type, r["id"]) for r in found]
+        patients = await patients_of(self.session, keys, limit=AUDITED_PATIENTS) if keys else []
+        await self.access.audited(
+            self.session,
+            "search-type",
+            self.fhir_type,
+            query=urlencode(pairs) or None,
+            more=[("Patient", patient) for patient in patients],
+        )
+        items = [from_fhir(self.mapping, r) for r in found]
         return {"items": items, "page": page, "per_page": per_page, "total": total}
 
     def _search_pairs(self, query: dict[str, str]) -> list[tuple[str, str]]:
