@@ -43,6 +43,15 @@ def authorize_params(client_id: str, challenge: str | None, **extra: str) -> dic
     return params
 
 
+def signed_in_consent(api: TestClient, params: dict, email: str) -> tuple:
+    """Post the sign-in form; the consent page and its transaction value."""
+    consent = api.post(
+        "/oauth2/authorize", data={**params, "step": "login", "email": email, "password": PASSWORD}
+    )
+    found = re.search(r'name="transaction" value="([^"]+)"', consent.text)
+    return consent, found.group(1) if found else None
+
+
 def get_code(api: TestClient, client_id: str, email: str, challenge: str, **extra: str) -> str:
     params = authorize_params(client_id, challenge, **extra)
     page = api.get("/oauth2/authorize", params=params)
@@ -215,11 +224,7 @@ def test_wrong_password_on_the_login_page(api: TestClient, app_client, make_user
 def test_denied_consent(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
     user = make_user(role="patient")
     params = authorize_params(app_client.client_id, pkce()[1])
-    consent = api.post(
-        "/oauth2/authorize",
-        data={**params, "step": "login", "email": user.email, "password": PASSWORD},
-    )
-    transaction = re.search(r'name="transaction" value="([^"]+)"', consent.text).group(1)
+    consent, transaction = signed_in_consent(api, params, user.email)
     done = api.post(
         "/oauth2/authorize",
         data={"step": "consent", "transaction": transaction, "decision": "deny"},
@@ -746,11 +751,7 @@ def test_sign_ins_on_the_authorization_page_are_audited(  # type: ignore[no-unty
 def test_a_consent_is_answered_once(api: TestClient, app_client, make_user) -> None:  # type: ignore[no-untyped-def]
     user = make_user(role="patient")
     params = authorize_params(app_client.client_id, pkce()[1])
-    consent = api.post(
-        "/oauth2/authorize",
-        data={**params, "step": "login", "email": user.email, "password": PASSWORD},
-    )
-    transaction = re.search(r'name="transaction" value="([^"]+)"', consent.text).group(1)
+    consent, transaction = signed_in_consent(api, params, user.email)
     answer = {"step": "consent", "transaction": transaction, "decision": "allow"}
     first = api.post("/oauth2/authorize", data=answer, follow_redirects=False)
     assert first.status_code == 303 and "code" in query_of(first.headers["location"])

@@ -200,6 +200,11 @@ class Access:
 
     # -- audit -------------------------------------------------------------------------------
 
+    def audits(self, resource_type: str | None) -> bool:
+        """Whether `audited` records an access of this type (of patient data, by a caller):
+        what only its event needs is worked out only then."""
+        return self.caller is not None and _patient_data(resource_type)
+
     async def audited(
         self,
         session: AsyncSession,
@@ -215,7 +220,7 @@ class Access:
         `more` lists further (type, id) pairs of the same action, recorded as entities of the
         same AuditEvent: a transaction of 300 entries writes a few events, not 300.
         """
-        if self.caller is None or not _patient_data(resource_type):
+        if not self.audits(resource_type):
             return
         event = self._event("success", action, resource_type, resource_id, query=query)
         extra = [

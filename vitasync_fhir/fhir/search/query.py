@@ -994,7 +994,7 @@ class Included:
     cut: dict[Include, str]
 
 
-async def patients_of(
+async def compartment_patients(
     session: AsyncSession, keys: Sequence[tuple[str, str]], *, limit: int
 ) -> list[str]:
     """The ids of the patients whose compartments hold these resources (a Patient is in its

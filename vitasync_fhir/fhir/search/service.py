@@ -23,7 +23,7 @@ from vitasync_fhir.fhir.responses import bundle, bundle_entry, dumps
 from vitasync_fhir.fhir.search import paging, query
 from vitasync_fhir.fhir.search.index import fhir_base
 from vitasync_fhir.fhir.search.params import Include, Query, parse_query, shapes_result
-from vitasync_fhir.fhir.search.query import Restrict, patients_of
+from vitasync_fhir.fhir.search.query import Restrict, compartment_patients
 from vitasync_fhir.fhir.search.summary import trim
 
 
@@ -86,7 +86,9 @@ async def search_for(
     only = request.types[0] if len(request.types) == 1 else None
     # Whose data the page showed (matches and includes): the patients of their compartments,
     # so that the trail answers "who saw this patient's record" for searches too.
-    patients = await patients_of(session, shown, limit=AUDITED_PATIENTS) if shown else []
+    patients = []
+    if shown and access.audits(only):
+        patients = await compartment_patients(session, shown, limit=AUDITED_PATIENTS)
     more = [("Patient", patient) for patient in patients]
     await access.audited(session, action, only, query=query or None, more=more)
     return body
