@@ -31,7 +31,7 @@ from uuid import uuid4
 import orjson
 from huey import crontab
 from huey.api import TaskWrapper
-from sqlalchemy import or_, select, union, update
+from sqlalchemy import func, or_, select, union, update
 
 from vitasync_fhir.config import Settings
 from vitasync_fhir.notify.outbox import now_utc
@@ -115,6 +115,8 @@ def deliver_all(queue: Queue, subscription_id: str) -> str:
             outcome = _run(queue, subscription_id, token)
         finally:
             _release(queue, subscription_id, token)
+        if outcome == "waiting":  # only now: a retry run while we held the claim found it busy
+            _schedule_retry(queue, subscription_id)
         # A notification committed while this run ended may have been handed to the queue while
         # the claim was still held: look once more after letting go.
         if outcome != "drained" or not _due(queue, subscription_id):
@@ -203,7 +205,6 @@ def _run(queue: Queue, subscription_id: str, token: str) -> str:
             return "drained"
         wait = (sending.aware(head.next_attempt_at) - now_utc()).total_seconds()
         if wait > 0:
-            _tasks[queue].schedule(args=(subscription_id,), delay=wait)
             return "waiting"
         if head.kind == OWNER_GONE:  # in its turn: what was matched before it was still theirs
             _set_status(settings, subscription_id, ERROR, expect=sub.status, error=OWNER_GONE_ERROR)
@@ -249,11 +250,26 @@ def _failed(queue: Queue, sub, head, error: str) -> str:  # type: ignore[no-unty
         last_error=error,
         next_attempt_at=now_utc() + timedelta(seconds=delay),
     )
-    try:
-        _tasks[queue].schedule(args=(sub.id,), delay=delay)
-    except Exception as schedule_error:
-        log.warning("subscription %s retry not queued (%s); the relay will", sub.id, schedule_error)
     return "waiting"
+
+
+def _schedule_retry(queue: Queue, subscription_id: str) -> None:
+    """Queue the next run for when the first notification owed is due (after the claim is let
+    go: scheduled before, a short backoff could run it while the claim was still held, and that
+    run, finding it busy, would leave the retry to the relay a minute later)."""
+    with queue.engine.connect() as conn:
+        due = conn.execute(
+            select(func.min(d.c.next_attempt_at)).where(
+                d.c.subscription_id == subscription_id, d.c.status == PENDING
+            )
+        ).scalar()
+    if due is None:
+        return
+    delay = max(0.0, (sending.aware(due) - now_utc()).total_seconds())
+    try:
+        _tasks[queue].schedule(args=(subscription_id,), delay=delay)
+    except Exception as error:
+        log.warning("subscription %s retry not queued (%s); the relay will", subscription_id, error)
 
 
 def _settle(queue: Queue, delivery_id: int, **values: object) -> None:
