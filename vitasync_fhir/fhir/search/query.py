@@ -997,10 +997,14 @@ class Included:
 async def compartment_patients(
     session: AsyncSession, keys: Sequence[tuple[str, str]], *, limit: int
 ) -> list[str]:
-    """The ids of the patients whose compartments hold these resources (a Patient is in its
-    own), at most `limit`, in id order."""
+    """The ids of the patients whose compartments hold these resources, at most `limit`, in id
+    order. A Patient is its own patient's data: it names itself, with no query (a Patient's
+    `link` puts it in the linked patient's compartment too, but the record shown is its own)."""
     rc = resource_compartments
-    wanted = set(keys)
+    found = {i for t, i in keys if t == "Patient"}
+    wanted = {(t, i) for t, i in keys if t != "Patient"}
+    if not wanted:
+        return sorted(found)[:limit]
     # Two IN lists, not one of (type, id) pairs: PostgreSQL walks the (type, id) index with them
     # (pairs made it scan); the few rows of another type with one of the ids are dropped below.
     query_ = select(rc.c.resource_type, rc.c.resource_id, rc.c.compartment_id).where(
@@ -1009,7 +1013,7 @@ async def compartment_patients(
         rc.c.resource_id.in_({i for _, i in wanted}),
     )
     rows = (await session.execute(query_)).all()
-    found = {row.compartment_id for row in rows if (row.resource_type, row.resource_id) in wanted}
+    found |= {row.compartment_id for row in rows if (row.resource_type, row.resource_id) in wanted}
     return sorted(found)[:limit]
 
 
