@@ -46,3 +46,23 @@ def test_an_api_list_names_the_patients_it_showed(client, signed_in) -> None:  #
     event = _search_events(client, "search-type")[-1]
     named = {e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})}
     assert named == shown
+
+
+def test_a_history_names_the_patients_whose_data_it_showed(client, signed_in) -> None:  # type: ignore[no-untyped-def]
+    ann, bob, cy = (create(client, patient(family=f))["id"] for f in ("Ann", "Bob", "Cy"))
+    create(client, observation(patient_ref=f"Patient/{ann}", code="8302-2"))
+    gone = create(client, observation(patient_ref=f"Patient/{bob}", code="8302-2"))
+    assert client.delete(f"/fhir/Observation/{gone['id']}").status_code == 204
+    doctor = signed_in(role="doctor")
+    shown = client.get("/fhir/Observation/_history", headers=doctor)
+    assert shown.status_code == 200 and len(shown.json()["entry"]) == 3, shown.text
+    event = _search_events(client, "history-type")[-1]
+    named = {e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})}
+    # Ann's record, and Bob's through its deletion (the version it deleted); not Cy.
+    assert named == {f"Patient/{ann}", f"Patient/{bob}"}
+    shown = client.get("/fhir/_history", headers=doctor)
+    assert shown.status_code == 200, shown.text
+    event = _search_events(client, "history-system")[-1]
+    named = {e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})}
+    assert {f"Patient/{ann}", f"Patient/{bob}", f"Patient/{cy}"} <= named
+    assert not any("query" in e for e in event["entity"])  # no query was given

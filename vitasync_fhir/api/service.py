@@ -14,13 +14,12 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth import policy
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.params import lookup, parse_query
-from vitasync_fhir.fhir.search.service import AUDITED_PATIENTS, find
+from vitasync_fhir.fhir.search.service import find
 from vitasync_fhir.fhir.service import Resources, Saved
 from vitasync_fhir.fhir.store import Version
 from vitasync_fhir.mapping.convert import FieldError, InvalidInput, from_fhir, is_of_kind, to_fhir
@@ -86,16 +85,11 @@ class ApiResources:
         found = [orjson.loads(c) for c in contents]
         # As a FHIR search's: the query it ran and the patients whose records the page showed
         # (read off the records, parsed here anyway).
-        patients: set[str] = set()
+        shown = []
         if self.access.audits(self.fhir_type):
-            for record in found:
-                patients |= policy.patients_of(self.fhir_type, record, base=self.access.base)
+            shown = self.access.patients_shown((self.fhir_type, record) for record in found)
         await self.access.audited(
-            self.session,
-            "search-type",
-            self.fhir_type,
-            query=urlencode(pairs) or None,
-            more=[("Patient", patient) for patient in sorted(patients)[:AUDITED_PATIENTS]],
+            self.session, "search-type", self.fhir_type, query=urlencode(pairs) or None, more=shown
         )
         items = [from_fhir(self.mapping, r) for r in found]
         return {"items": items, "page": page, "per_page": per_page, "total": total}

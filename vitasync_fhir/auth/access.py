@@ -28,6 +28,8 @@ from vitasync_fhir.db import Database, SessionDep, after_commit, after_end
 from vitasync_fhir.fhir.outcomes import FhirError
 from vitasync_fhir.subscriptions import ownership
 
+AUDITED_PATIENTS = 100  # at most this many patients named in one AuditEvent of a list
+
 
 class Access:
     def __init__(
@@ -204,6 +206,14 @@ class Access:
         """Whether `audited` records an access of this type (of patient data, by a caller):
         what only its event needs is worked out only then."""
         return self.caller is not None and _patient_data(resource_type)
+
+    def patients_shown(self, records: Iterable[tuple[str, dict]]) -> list[tuple[str, str]]:
+        """The Patients whose compartments hold these (type, content) records, as the `more` of
+        an AuditEvent: at most AUDITED_PATIENTS, in id order."""
+        patients: set[str] = set()
+        for resource_type, record in records:
+            patients |= policy.patients_of(resource_type, record, base=self.base)
+        return [("Patient", patient) for patient in sorted(patients)[:AUDITED_PATIENTS]]
 
     async def audited(
         self,

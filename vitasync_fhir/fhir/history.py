@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
+import orjson
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -106,6 +107,19 @@ def _visible(access: Access, version: Version, before: Version | None) -> bool:
     return before is not None and access.may_see(before.resource_type, before.content)
 
 
+def _patients_shown(
+    access: Access, resource_type: str | None, shown: list[tuple[Version, Version | None]]
+) -> list[tuple[str, str]]:
+    """The patients whose records the page showed (a deletion: the version it deleted), for the
+    AuditEvent, as a search names them."""
+    if not access.audits(resource_type):
+        return []
+    contents = ((v if not v.deleted else before) for v, before in shown)
+    return access.patients_shown(
+        (c.resource_type, orjson.loads(c.content)) for c in contents if c and c.content
+    )
+
+
 async def page(
     request: Request,
     session: AsyncSession,
@@ -133,12 +147,6 @@ async def page(
             await access.require(resource_type, "history-type")
         restrict = access.restriction("history-type")
         restrict = restrict and (lambda table, _r=restrict, _t=types: _r(table, _t))
-        await access.audited(
-            session,
-            "history-type" if resource_type else "history-system",
-            resource_type,
-            query=request.url.query or None,
-        )
     store = Store(session)
     rows = await store.history(
         resource_type=resource_type,
@@ -161,6 +169,14 @@ async def page(
         for _, v in rows
         if not limited or _visible(access, v, before.get((v.resource_type, v.id, v.version_id)))
     ]
+    if resource_id is None:  # an instance's history was audited when it was read
+        await access.audited(
+            session,
+            "history-type" if resource_type else "history-system",
+            resource_type,
+            query=request.url.query or None,
+            more=_patients_shown(access, resource_type, shown),
+        )
     total = None
     if request.query_params.get("_total") == "accurate" and not limited:
         total = await store.history_count(

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vitasync_fhir.auth.access import Access
+from vitasync_fhir.auth.access import AUDITED_PATIENTS, Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, outcome
@@ -92,9 +92,6 @@ async def search_for(
     more = [("Patient", patient) for patient in patients]
     await access.audited(session, action, only, query=query or None, more=more)
     return body
-
-
-AUDITED_PATIENTS = 100  # at most this many patients named in one search's AuditEvent
 
 
 async def search(
