@@ -33,7 +33,7 @@ def test_a_pharmacist_marks_a_prescription_but_cannot_rewrite_it(client, signed_
     assert held.status_code == 200 and held.json()["status"] == "on-hold"
     patch = client.patch(
         f"/fhir/MedicationRequest/{rx['id']}",
-        json=[{"op": "replace", "path": "/status", "value": "active"}],
+        json=[{"op": "replace", "path": "/status", "value": "stopped"}],
         headers={**pharmacist, "Content-Type": "application/json-patch+json"},
     )
     assert patch.status_code == 200, patch.text

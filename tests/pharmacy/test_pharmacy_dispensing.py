@@ -176,3 +176,22 @@ def test_a_fill_for_another_patient_is_refused(client):
     absolute["subject"] = {"reference": f"http://testserver/fhir/Patient/{pid}"}
     right = client.post("/fhir/MedicationDispense", json=absolute, headers=FHIR_JSON)
     assert right.status_code == 201, right.text
+
+
+def test_an_order_not_to_give_and_a_proposal_are_not_filled(client):
+    pid = new_patient(client)
+    never = create(client, {**prescription(patient_id=pid), "doNotPerform": True})
+    proposal = create(client, {**prescription(patient_id=pid), "intent": "proposal"})
+    answer = _fill_fhir(client, never["id"], pid)
+    assert answer.status_code == 409, answer.text
+    assert "NOT to give" in answer.json()["issue"][0]["diagnostics"]
+    by_api = client.post(f"/api/prescriptions/{never['id']}/fill", json={})
+    assert by_api.status_code == 409 and "NOT to give" in by_api.json()["detail"]
+    answer = _fill_fhir(client, proposal["id"], pid)
+    assert answer.status_code == 409 and "proposal" in answer.json()["issue"][0]["diagnostics"]
+    assert client.post(f"/api/prescriptions/{proposal['id']}/fill", json={}).status_code == 409
+    assert _dispenses(client, never["id"]) == [] and _dispenses(client, proposal["id"]) == []
+    for rx in (never, proposal):  # untouched
+        assert client.get(f"/fhir/MedicationRequest/{rx['id']}").json()["status"] == "active"
+    ordered = create(client, {**prescription(patient_id=pid), "intent": "original-order"})
+    assert _fill_fhir(client, ordered["id"], pid).status_code == 201

@@ -159,6 +159,14 @@ class Access:
                 f"A {self.caller.role} may change only {allowed} of a {resource_type}; "
                 f"this {interaction} changes {', '.join(beyond)}",
             )
+        refused = policy.refused_values(
+            self.caller, resource_type, current, resource, base=self.base
+        )
+        if refused:
+            await self.record_denial(resource_type, interaction, resource.get("id"))
+            raise FhirError(
+                403, "forbidden", f"This {interaction} may not set {'; '.join(refused)}"
+            )
 
     def restriction(self, interaction: str = "search"):  # type: ignore[no-untyped-def]
         """The search engine's `restrict` hook: (table, types) -> WHERE clause, or None."""

@@ -177,7 +177,27 @@ SERVER_WRITTEN: dict[str, str] = {"AuditEvent": "rs"}
 # not listed may change anything their letters allow.
 CHANGES: dict[tuple[str, str], frozenset[str]] = {
     ("pharmacist", "MedicationRequest"): frozenset({"status", "statusReason"}),
+    # A patient keeps their own demographics; the clinic's identifiers (MRN), `active`, links
+    # and care team are the clinic's.
+    ("patient", "Patient"): frozenset(
+        {
+            "name", "telecom", "address", "gender", "birthDate", "maritalStatus", "contact",
+            "communication", "photo", "extension", "multipleBirthBoolean", "multipleBirthInteger",
+            "language",
+        }
+    ),
+}  # fmt: skip
+# The values a role may give an element, on create and whenever an update changes it: a
+# pharmacist marks a prescription filled, holds or stops it, never (re)activates one (that is the
+# prescriber's); a patient asks for, books or cancels an appointment, never marks it fulfilled,
+# arrived or a no-show.
+VALUES: dict[tuple[str, str, str], frozenset[str]] = {
+    ("pharmacist", "MedicationRequest", "status"): frozenset({"completed", "on-hold", "stopped"}),
+    ("patient", "Appointment", "status"): frozenset({"proposed", "pending", "booked", "cancelled"}),
 }
+# References a role may make only to the caller themselves (their fhirUser), on create and
+# whenever an update changes them: a doctor prescribes in their own name, not another's.
+SELF: frozenset[tuple[str, str, str]] = frozenset({("doctor", "MedicationRequest", "requester")})
 # Elements the server sets or derives, never counted as a caller's change.
 _NOT_CHANGES = frozenset({"resourceType", "id", "meta", "text"})
 
@@ -193,6 +213,40 @@ def changed_beyond(
     before = orjson.loads(before) if isinstance(before, str) else (before or {})
     keys = (set(before) | set(after)) - _NOT_CHANGES - allowed
     return sorted(k for k in keys if before.get(k) != after.get(k))
+
+
+def refused_values(
+    caller: Caller, resource_type: str, before: str | dict | None, after: dict, *, base: str = ""
+) -> list[str]:
+    """What a write gives that the caller's role may not give (VALUES, SELF), in words; only
+    elements the write sets or changes count (`before`: the current content, or None)."""
+    rules = [
+        (element, allowed)
+        for (role, type_, element), allowed in VALUES.items()
+        if role == caller.role and type_ == resource_type
+    ]
+    selves = [e for role, t, e in SELF if role == caller.role and t == resource_type]
+    if not rules and not (selves and caller.fhir_user):  # a backend service acts for no one
+        return []
+    before = orjson.loads(before) if isinstance(before, str) else (before or {})
+    changed = [e for e in {e for e, _ in rules} | set(selves) if before.get(e) != after.get(e)]
+    refused = []
+    for element, allowed in rules:
+        value = after.get(element)
+        if element in changed and value is not None and value not in allowed:
+            refused.append(
+                f"{element} {value!r} (a {caller.role} may set {', '.join(sorted(allowed))})"
+            )
+    for element in selves:
+        value = after.get(element)
+        named = value.get("reference") if isinstance(value, dict) else None
+        if (
+            element in changed
+            and value is not None
+            and (not isinstance(named, str) or local_reference(named, base) != caller.fhir_user)
+        ):
+            refused.append(f"{element} other than yourself ({caller.fhir_user})")
+    return refused
 
 
 # Interactions and the SMART letter each needs.

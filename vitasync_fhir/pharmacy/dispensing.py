@@ -121,6 +121,7 @@ async def _check_one(
     if status != "active":
         word = "already filled" if status == FILLED else f"{status}, not active"
         _refuse(f"MedicationRequest/{prescription_id} is {word}")
+    _check_order(request, prescription_id)
     allowance = Allowance.of(request)
     _check_validity(allowance, prescription_id)
     _check_quantity(allowance, write.resource or {}, prescription_id)
@@ -163,6 +164,23 @@ def _check_patient(request: dict, dispense: dict, prescription_id: str, base: st
             "processing",
             f"MedicationRequest/{prescription_id} is for another patient than Patient/{dispensed}",
             expression="MedicationDispense.subject",
+        )
+
+
+# The intents that authorize a dispense (R4 medicationrequest-intent): a proposal, a plan or an
+# option is not an order to fill.
+ORDERS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order"})
+
+
+def _check_order(request: dict, prescription_id: str) -> None:
+    """Only an order to give the medication is filled: not one that says not to give it
+    (doNotPerform), nor a proposal or plan."""
+    if request.get("doNotPerform") is True:
+        _refuse(f"MedicationRequest/{prescription_id} is an order NOT to give this medication")
+    if request.get("intent") not in ORDERS:
+        _refuse(
+            f"MedicationRequest/{prescription_id} is a {request.get('intent')}, not an order "
+            "to dispense"
         )
 
 
