@@ -39,6 +39,7 @@ class Entry:
     body: str | None = None  # what a read or search answers
     written: Version | None = None  # the version a write leaves current (return=representation)
     note: dict | None = None  # a write's OperationOutcome (return=OperationOutcome)
+    twin: Entry | None = None  # an earlier POST with the same ifNoneExist: the same resource
 
     @property
     def where(self) -> str:
@@ -60,6 +61,9 @@ def at_entry(entry_index: int, error: FhirError) -> FhirError:
     return FhirError(error.status, issues[0].code, issues[0].diagnostics, issues=issues)
 
 
+_TYPE_LEVEL = frozenset({"_history", "_search"})  # Type/_history, Type/_search: not an id
+
+
 def _parse_url(url: str, base: str) -> tuple[str, str | None, str | None, str | None]:
     """(type, id, version, query) of an entry's request url."""
     if url.startswith(base):
@@ -74,6 +78,13 @@ def _parse_url(url: str, base: str) -> tuple[str, str | None, str | None, str | 
         )
     if not parts:
         raise outcomes.bad_request(f"request.url {url!r} names no resource type")
+    if parts[0] in ("_history", "metadata") or (len(parts) == 2 and parts[1] in _TYPE_LEVEL):
+        raise FhirError(
+            400,
+            "not-supported",
+            f"request.url {url!r}: history, metadata and _search are not supported inside a "
+            "batch or transaction (a search is Type?criteria)",
+        )
     resource_type = parts[0]
     resource_id = parts[1] if len(parts) > 1 else None
     vid = parts[3] if len(parts) == 4 and parts[2] == "_history" else None
@@ -134,6 +145,8 @@ def _entry(index: int, item: object, base: str) -> Entry:
     resource = item.get("resource")
     if method in ("POST", "PUT", "PATCH") and not isinstance(resource, dict):
         raise outcomes.bad_request(f"a {method} entry needs a resource")
+    if vid is not None and method not in ("GET", "HEAD"):
+        raise outcomes.bad_request(f"a {method} entry's url names no version: {url!r}")
     if method == "POST" and (resource_id or query):
         raise outcomes.bad_request("a POST entry's url is the resource type alone")
     if method in ("PUT", "PATCH", "DELETE") and not (resource_id or query):

@@ -159,8 +159,10 @@ class Transaction:
     def _check_targets(self) -> None:
         seen: dict[tuple[str, str], int] = {}
         for entry in self.entries:
-            if entry.method in ("GET", "HEAD") or not entry.resource_id:
+            if entry.method in ("GET", "HEAD") or not entry.resource_id or entry.twin:
                 continue
+            if entry.method == "POST" and entry.existing is not None:
+                continue  # a conditional create that matched changes nothing
             key = (entry.resource_type, entry.resource_id)
             if key in seen:
                 raise at_entry(
@@ -177,7 +179,11 @@ class Transaction:
         r = self.resources
         if entry.method == "DELETE":
             if entry.query:
-                version = await r.conditional_delete(entry.resource_type, entry.query)
+                version = await r.conditional_delete(
+                    entry.resource_type, entry.query, if_match=entry.if_match
+                )
+                # What it deleted is a resource this transaction changes: no other entry may.
+                entry.resource_id = version.id if version is not None else None
             else:
                 version = await r.delete(
                     entry.resource_type, entry.resource_id or "", if_match=entry.if_match
@@ -187,21 +193,54 @@ class Transaction:
             return
         if entry.method == "POST":
             if entry.if_none_exist:
-                entry.existing = await r.conditional_match(entry.resource_type, entry.if_none_exist)
-            entry.resource_id = entry.existing.id if entry.existing else new_id()
+                # An earlier entry with the same condition: this one is its resource.
+                entry.twin = self._same_condition(entry, entry.if_none_exist)
+                if entry.twin is None:
+                    entry.existing = await r.conditional_match(
+                        entry.resource_type, entry.if_none_exist, hold=True
+                    )
+            if entry.twin is not None:
+                entry.resource_id = entry.twin.resource_id
+            else:
+                entry.resource_id = entry.existing.id if entry.existing else new_id()
         elif entry.method in ("PUT", "PATCH") and entry.query:
-            match = await r.conditional_match(entry.resource_type, entry.query)
+            match = await r.conditional_match(entry.resource_type, entry.query, hold=True)
             body_id = (entry.resource or {}).get("id") if entry.method == "PUT" else None
+            if match is None and body_id is not None:
+                await r.refuse_taken(entry.resource_type, body_id, entry.query)
             entry.resource_id = match.id if match else (body_id or new_id())
         elif entry.method not in ("PUT", "PATCH"):
             return
         if entry.full_url:
             self.ids[entry.full_url] = f"{entry.resource_type}/{entry.resource_id}"
 
+    def _same_condition(self, entry: Entry, condition: str) -> Entry | None:
+        """The earlier POST entry of this transaction with the same type and ifNoneExist (in
+        any order of its parameters), whose resource this entry then is (not a second one)."""
+        key = _condition_key(entry.resource_type, condition)
+        for other in self.entries[: entry.index]:
+            if (
+                other.method == "POST"
+                and other.if_none_exist
+                and other.twin is None
+                and _condition_key(other.resource_type, other.if_none_exist) == key
+            ):
+                return other
+        return None
+
     async def _plan(self, entry: Entry, currents: dict[tuple[str, str], Version]) -> Write | None:
         r = self.resources
         assert entry.resource is not None and entry.resource_id is not None
+        if entry.twin is not None:  # planned before it: POSTs go in the Bundle's order
+            twin = entry.twin
+            entry.existing = twin.existing
+            entry.response = {**twin.response, "status": "200 OK"}
+            if twin.written is not None:
+                _wrote(entry, twin.written, created=False)
+            return None
         if entry.method == "POST" and entry.existing is not None:
+            # Answered with the stored resource: a read of it.
+            await r.access.audited(r.session, "read", entry.resource_type, entry.existing.id)
             entry.response = _response("200 OK", entry.existing, self.base)
             _wrote(entry, entry.existing, created=False)
             return None
@@ -240,7 +279,8 @@ class Transaction:
             write = r.plan_update(
                 current, entry.resource_type, entry.resource_id, resource, method=entry.method
             )
-            if write is None:
+            if write is None:  # nothing changes: answered with the stored resource, a read
+                await r.access.audited(r.session, "read", entry.resource_type, entry.resource_id)
                 entry.existing = current
                 entry.response = _response("200 OK", current, self.base)
                 _wrote(entry, current, created=False)
@@ -351,6 +391,10 @@ class Transaction:
                 full_url = f"{self.base}/{entry.resource_type}/{entry.resource_id}"
             items.append(_answered(entry, full_url, self.prefer))
         return bundle(bundle_type="transaction-response", entries=items)
+
+
+def _condition_key(resource_type: str, condition: str) -> tuple[str, tuple]:
+    return resource_type, tuple(sorted(parse_qsl(condition.lstrip("?"), keep_blank_values=True)))
 
 
 def _wrote(entry: Entry, version: Version, *, created: bool) -> None:

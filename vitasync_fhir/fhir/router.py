@@ -221,7 +221,7 @@ async def conditional_delete(
 ) -> Response:
     """Delete the one resource that matches the search in the query string."""
     version = await Resources(session, access).conditional_delete(
-        resource_type, _condition(request)
+        resource_type, _condition(request), if_match=request.headers.get("if-match")
     )
     return _deleted(request, version)
 

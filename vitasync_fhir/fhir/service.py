@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 import orjson
@@ -308,8 +309,9 @@ class Resources:
         await self.access.require(resource_type, "create")
         resource = check_resource(data, resource_type)
         if if_none_exist:
-            existing = await self.conditional_match(resource_type, if_none_exist)
-            if existing is not None:
+            existing = await self.conditional_match(resource_type, if_none_exist, hold=True)
+            if existing is not None:  # answered with the stored resource: a read of it
+                await self.access.audited(self.session, "read", resource_type, existing.id)
                 return Saved(existing, created=False)
         await self.access.require_writable(resource_type, resource, "create")
         write = self.plan_create(resource_type, resource)
@@ -342,8 +344,9 @@ class Resources:
             await self.permit_write(resource_type, resource, "update", current)
             _check_precondition(current, expected, resource_type, resource_id)
             write = self.plan_update(current, resource_type, resource_id, resource, method=method)
-            if write is None:
+            if write is None:  # nothing changes: answered with the stored resource, a read
                 assert current is not None
+                await self.access.audited(self.session, "read", resource_type, resource_id)
                 return Saved(current, created=False)
             try:
                 await self.save([write])
@@ -414,9 +417,17 @@ class Resources:
 
     # -- conditional interactions ------------------------------------------------------------
 
-    async def conditional_match(self, resource_type: str, query: str) -> Version | None:
-        """The one current resource matching `query` that the caller may see; 412 for several."""
+    async def conditional_match(
+        self, resource_type: str, query: str, *, hold: bool = False
+    ) -> Version | None:
+        """The one current resource matching `query` that the caller may see; 412 for several.
+
+        `hold` (a conditional write): other writers with the same condition wait until this
+        transaction ends, so two that race never both find nothing and both create."""
         await self.access.require(resource_type, "search")
+        if hold:
+            criteria = sorted(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+            await self.store.hold(f"{resource_type}?{urlencode(criteria)}")
         ids = await match_ids(
             self.session, resource_type, query, limit=2, restrict=self.access.restriction()
         )
@@ -432,11 +443,13 @@ class Resources:
         self, resource_type: str, query: str, data: object, *, if_match: str | None = None
     ) -> Saved:
         check_type(resource_type)
+        await self.access.require(resource_type, "update")
         resource = check_resource(data, resource_type)
-        match = await self.conditional_match(resource_type, query)
+        match = await self.conditional_match(resource_type, query, hold=True)
         body_id = resource.get("id")
         if match is None:
             if body_id is not None:
+                await self.refuse_taken(resource_type, body_id, query)
                 return await self.update(resource_type, body_id, resource, if_match=if_match)
             return await self.create(resource_type, resource)
         if body_id is not None and body_id != match.id:
@@ -447,12 +460,31 @@ class Resources:
             resource_type, match.id, {**resource, "id": match.id}, if_match=if_match
         )
 
-    async def conditional_delete(self, resource_type: str, query: str) -> Version | None:
+    async def refuse_taken(self, resource_type: str, resource_id: str, query: str) -> None:
+        """A conditional update that matched nothing creates with the body's id only when that
+        id is free: 409 when it names a resource that does not match (R5 says so; R4's "update
+        as create" assumes a new id), instead of overwriting it. A hidden one answers 404."""
+        current = await self.store.current(resource_type, resource_id)
+        if current is None or current.deleted:
+            return
+        await self._require_seen(current, "update")
+        raise outcomes.conflict(
+            f"{resource_type}/{resource_id} exists and does not match {query!r}; "
+            "a conditional update that matches nothing may only create with a new id"
+        )
+
+    async def conditional_delete(
+        self, resource_type: str, query: str, *, if_match: str | None = None
+    ) -> Version | None:
         check_type(resource_type)
-        match = await self.conditional_match(resource_type, query)
+        await self.access.require(resource_type, "delete")  # before the condition tells anything
+        match = await self.conditional_match(resource_type, query, hold=True)
         if match is None:
+            _check_precondition(
+                None, parse_etag(if_match) if if_match else None, resource_type, query
+            )
             return None
-        return await self.delete(resource_type, match.id)
+        return await self.delete(resource_type, match.id, if_match=if_match)
 
 
 def _stale(resource_type: str, resource_id: str) -> FhirError:

@@ -7,11 +7,12 @@ first, so two writers racing on one resource can never both win.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, bindparam, func, or_, select, true, tuple_, update
+from sqlalchemy import and_, bindparam, false, func, or_, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -146,6 +147,21 @@ class Store:
                 .values(version_id=resources.c.version_id)
             )
         return await self.current(resource_type, resource_id, for_update=True)
+
+    async def hold(self, key: str) -> None:
+        """Hold off other transactions that hold the same `key` until this one ends: two
+        conditional writes with one condition never both find nothing and both create.
+
+        PostgreSQL: a transaction-level advisory lock on the key's hash. SQLite: its one write
+        lock, taken now by a no-op write, so what this transaction reads next is the latest."""
+        if self._dialect == "postgresql":
+            digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+            number = int.from_bytes(digest, "big", signed=True)
+            await self.session.execute(select(func.pg_advisory_xact_lock(number)))
+        else:
+            await self.session.execute(
+                update(resources).where(false()).values(version_id=resources.c.version_id)
+            )
 
     async def current_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Version]:
         if not keys:
