@@ -155,6 +155,10 @@ def test_update_keeps_fhir_elements_the_mapping_does_not_cover():
             "fields.a.type",
         ),
         ("name: x\nresource: Patient\nfields: {id: {path: id}}\n", "added by the engine"),
+        (
+            "name: x\nresource: Patient\nfields: {b: {path: birthDate, on_create: now}}\n",
+            "fills only a datetime field",
+        ),
         ("name: [unclosed\n", "broken"),
     ],
 )

@@ -6,7 +6,8 @@ audit), and each races safely: a second fill or a double booking answers 409.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -30,17 +31,6 @@ def _now() -> str:
 def _performer(api: ApiResources) -> dict | None:
     who = api.access.caller.fhir_user if api.access.caller else None
     return {"reference": who} if who and who.startswith("Practitioner/") else None
-
-
-async def _save_or_conflict(
-    api: ApiResources, resource_id: str, resource: dict, current, message: str
-):  # type: ignore[no-untyped-def]
-    try:
-        return await api.save(resource_id, resource, current)
-    except FhirError as error:
-        if error.status == 412:  # someone else changed it first
-            raise FhirError(409, "conflict", message) from None
-        raise
 
 
 async def fill_prescription(api: ApiResources, resource_id: str, body: dict) -> dict:
@@ -128,13 +118,17 @@ async def perform_procedure(api: ApiResources, resource_id: str, body: dict) -> 
         performers.append({"actor": performer})  # the others who took part stay
     if not performers:
         del procedure["performer"]
-    await _save_or_conflict(
-        api, resource_id, procedure, current, "This procedure was performed just now"
+    await api.save(
+        resource_id, procedure, current, conflict="This procedure was performed just now"
     )
     return await api.get(resource_id)
 
 
-_DAY = 86_400_000_000  # microseconds
+# The longest appointment that holds a doctor's diary. The search index knows when an appointment
+# starts, not when it ends: a booking looks back this far for one still running at its start.
+LONGEST = timedelta(days=7)
+_LONGEST_MICROS = LONGEST // timedelta(microseconds=1)  # dates.from_micros stays within year 1
+_PAGE = 500
 
 
 def _window(appointment: dict) -> tuple[datetime, datetime]:
@@ -144,6 +138,9 @@ def _window(appointment: dict) -> tuple[datetime, datetime]:
         raise invalid(InvalidInput([FieldError(field, "is not a date and time")]))
     if end <= start:
         raise invalid(InvalidInput([FieldError("end", "must be after start")]))
+    if end - start > LONGEST:
+        days = LONGEST.days
+        raise invalid(InvalidInput([FieldError("end", f"must be at most {days} days after start")]))
     return start, end
 
 
@@ -159,16 +156,17 @@ async def check_free(api: ApiResources, appointment: dict, *, ignore: str | None
     if doctor is None:
         return
     start, end = _window(appointment)
-    # Serialise bookings per doctor: the row lock on PostgreSQL, the one writer on SQLite.
-    await api.resources.store.current("Practitioner", doctor, for_update=True)
+    # Bookings of one doctor one at a time, until this one commits: the lock on the doctor's
+    # Practitioner (a row lock on PostgreSQL, SQLite's one write lock), held before the diary
+    # is read, so that the next booking reads this one.
+    await api.resources.store.lock("Practitioner", doctor)
     pairs = [
         ("practitioner", f"Practitioner/{doctor}"),
         ("status", ",".join(ACTIVE_APPOINTMENT)),
         ("date", f"lt{end.isoformat()}"),
-        ("date", f"gt{dates.from_micros(dates.micros(start) - _DAY).isoformat()}"),
+        ("date", f"gt{dates.from_micros(dates.micros(start) - _LONGEST_MICROS).isoformat()}"),
     ]
-    contents, _ = await find(api.session, api.settings, "Appointment", pairs, offset=0, limit=500)
-    for content in contents:
+    async for content in _every(api, pairs):
         other = orjson.loads(content)
         if other.get("id") == ignore:
             continue
@@ -181,11 +179,25 @@ async def check_free(api: ApiResources, appointment: dict, *, ignore: str | None
             )
 
 
+async def _every(api: ApiResources, pairs: list[tuple[str, str]]) -> AsyncIterator[str]:
+    """Every match, page after page: a busy diary has more than one page in its window."""
+    offset = 0
+    while True:
+        contents, total = await find(
+            api.session, api.settings, "Appointment", pairs, offset=offset, limit=_PAGE
+        )
+        for content in contents:
+            yield content
+        offset += len(contents)
+        if not contents or offset >= total:
+            return
+
+
 async def book(api: ApiResources, body: object) -> dict:
     from vitasync_fhir.mapping.convert import to_fhir
 
     try:
-        resource = to_fhir(api.mapping, body)
+        resource = to_fhir(api.mapping, api.filled(body))
     except InvalidInput as errors:
         raise invalid(errors) from None
     # Who may book this, before the doctor's diary is looked at: a conflict names the times of
@@ -221,8 +233,8 @@ async def reschedule(api: ApiResources, resource_id: str, body: dict) -> dict:
         raise invalid(InvalidInput(errors))
     changed = {**previous, "start": body["start"], "end": body["end"]}
     await check_free(api, changed, ignore=resource_id)
-    saved = await _save_or_conflict(
-        api, resource_id, changed, current, "The appointment changed just now"
+    saved = await api.save(
+        resource_id, changed, current, conflict="The appointment changed just now"
     )
     stored = orjson.loads(saved.version.content or "{}")
     note = body.get("availability_note")
@@ -250,8 +262,8 @@ async def cancel(api: ApiResources, resource_id: str, body: dict) -> dict:
     reason = body.get("reason")
     if reason:
         appointment["cancelationReason"] = {"text": str(reason)}
-    saved = await _save_or_conflict(
-        api, resource_id, appointment, current, "The appointment changed just now"
+    saved = await api.save(
+        resource_id, appointment, current, conflict="The appointment changed just now"
     )
     stored = orjson.loads(saved.version.content or "{}")
     refund = body.get("refund")

@@ -9,20 +9,30 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth import policy
 from vitasync_fhir.auth.access import Access
 from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.params import lookup, parse_query
 from vitasync_fhir.fhir.search.service import find
-from vitasync_fhir.fhir.service import Resources, Saved
+from vitasync_fhir.fhir.service import Resources, Saved, instant
 from vitasync_fhir.fhir.store import Version
-from vitasync_fhir.mapping.convert import FieldError, InvalidInput, from_fhir, is_of_kind, to_fhir
+from vitasync_fhir.mapping.convert import (
+    FieldError,
+    InvalidInput,
+    filled_on_create,
+    from_fhir,
+    is_of_kind,
+    patched,
+    to_fhir,
+)
 from vitasync_fhir.mapping.spec import Mapping
 
 MAX_PER_PAGE = 100
@@ -179,32 +189,76 @@ class ApiResources:
 
     async def create(self, body: object) -> dict:
         try:
-            resource = to_fhir(self.mapping, body)
+            resource = to_fhir(self.mapping, self.filled(body))
         except InvalidInput as errors:
             raise invalid(errors) from None
-        await self.access.require(self.fhir_type, "create")  # before ids are looked up
+        # Who may write this, before ids are looked up: what an id names is told only to them.
+        await self.access.require(self.fhir_type, "create")
+        await self.access.require_writable(self.fhir_type, resource, "create")
         await self.check_references(resource)
         async with self._in_api_terms():
             saved = await self.resources.create(self.fhir_type, resource)
         return simple(self.mapping, saved.version)
 
+    def filled(self, body: object) -> object:
+        """A create's body with what it left out filled as the mapping says (`on_create`)."""
+        caller = self.access.caller
+        return filled_on_create(
+            self.mapping,
+            body,
+            now=instant(datetime.now(UTC)),
+            caller=caller.fhir_user if caller else None,
+        )
+
     async def check_references(self, resource: dict, existing: dict | None = None) -> None:
         """422 for an id field (patient_id, doctor_id...) set to an id no such record has: a
-        prescription for a patient who is not here would be no one's. Ids kept from `existing`
-        are not checked again. (A caller limited to one patient names no other: the write rule
-        answers 403 alike for another patient and for none.)"""
+        prescription for a patient who is not here would be no one's. A link to a record of
+        patient data (record_id: a visit) must be to one of the same patient. Ids kept from
+        `existing` are not looked up again, unless the patient changed. (A caller limited to one
+        patient names no other: the write rule, asked first, answers 403 alike for another
+        patient and for none.)"""
         now = from_fhir(self.mapping, resource)
         before = from_fhir(self.mapping, existing) if existing else {}
+        patients = self._patients(now)
+        moved = patients != self._patients(before)
         errors = []
         for name, spec in self.mapping.fields.items():
             value = now.get(name)
-            if spec.type != "reference" or value is None or value == before.get(name):
+            kept = value == before.get(name)
+            if spec.type != "reference" or value is None or (kept and not moved):
                 continue
             found = await self.resources.store.current(spec.target, value)  # type: ignore[arg-type]
             if found is None or found.deleted:
-                errors.append(FieldError(name, f"names no {spec.target} known here"))
+                if not kept:  # a link already broken does not stop moving the record
+                    errors.append(FieldError(name, f"names no {spec.target} known here"))
+                continue
+            problem = self._elsewhere(spec.target, found, patients)  # type: ignore[arg-type]
+            if problem:
+                errors.append(FieldError(name, problem))
         if errors:
             raise invalid(InvalidInput(errors))
+
+    def _patients(self, record: dict) -> set[str]:
+        """The patients a simple record is of: its Patient id fields (patient_id)."""
+        fields = self.mapping.fields.items()
+        return {
+            record[n]
+            for n, spec in fields
+            if spec.target == "Patient" and record.get(n) is not None
+        }
+
+    def _elsewhere(self, target: str, found: Version, patients: set[str]) -> str | None:
+        """Why a link may not name `found`: it is another patient's (a prescription of one
+        patient made at another's visit). A caller who may not see it hears of it as of none."""
+        if target == "Patient" or not patients:
+            return None
+        content = orjson.loads(found.content or "{}")
+        theirs = policy.patients_of(target, content, base=self.access.base)
+        if not theirs or patients <= theirs:
+            return None  # a record of no patient (a partner's), or of this one
+        if not self.access.may_see(target, found.content, "read"):
+            return f"names no {target} known here"
+        return "belongs to another patient"
 
     @asynccontextmanager
     async def _in_api_terms(self) -> AsyncIterator[None]:
@@ -242,7 +296,7 @@ class ApiResources:
         existing = orjson.loads(current.content or "{}")
         given = body if isinstance(body, dict) else {}
         if partial:
-            given = {**from_fhir(self.mapping, existing), **given}
+            given = patched(self.mapping, from_fhir(self.mapping, existing), given)
         version = given.get("version")
         if version is not None and str(version) != str(current.version_id):
             raise FhirError(
@@ -254,15 +308,32 @@ class ApiResources:
             resource = to_fhir(self.mapping, given, existing=existing)
         except InvalidInput as errors:
             raise invalid(errors) from None
+        await self.access.require_writable(
+            self.fhir_type, resource, "update", current=current.content
+        )
         await self.check_references(resource, existing)
         saved = await self.save(resource_id, resource, current)
         return simple(self.mapping, saved.version)
 
-    async def save(self, resource_id: str, resource: dict, current: Version) -> Saved:
-        async with self._in_api_terms():
-            return await self.resources.update(
-                self.fhir_type, resource_id, resource, if_match=current.etag
-            )
+    async def save(
+        self,
+        resource_id: str,
+        resource: dict,
+        current: Version,
+        *,
+        conflict: str = "The record changed since you read it; read it again",
+    ) -> Saved:
+        """Write over `current`; 409 with `conflict` when another request changed it since it
+        was read, as a stale `version` answers (the FHIR layer's 412 is for If-Match)."""
+        try:
+            async with self._in_api_terms():
+                return await self.resources.update(
+                    self.fhir_type, resource_id, resource, if_match=current.etag
+                )
+        except FhirError as error:
+            if error.status == 412:
+                raise FhirError(409, "conflict", conflict) from None
+            raise
 
     async def delete(self, resource_id: str) -> None:
         await self.access.require(self.fhir_type, "delete", resource_id=resource_id)

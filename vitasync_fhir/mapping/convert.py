@@ -86,10 +86,19 @@ def _in_unit(quantity: object, unit: Unit | None) -> object:
     pounds, a supply in weeks), which /api cannot show as a number of its unit."""
     if not isinstance(quantity, dict):
         return None
-    code = quantity.get("code")
-    if unit is not None and code is not None and code != unit.code:
+    if unit is not None and not _is_unit(quantity, unit):
         return None
     return quantity.get("value")
+
+
+def _is_unit(quantity: dict, unit: Unit) -> bool:
+    """Whether a quantity is in `unit`: by its code, or, without one, by the unit it writes for
+    people (a partner's temperature of 98.6 "degF" is no 98.6 °C). A bare number is taken as is."""
+    code = quantity.get("code")
+    if code is not None:
+        return code == unit.code
+    written = quantity.get("unit")
+    return written is None or written in (unit.unit, unit.code)
 
 
 def _reference_id(spec: FieldSpec, raw: object) -> str | None:
@@ -128,6 +137,35 @@ def _component_value(resource: dict, component: Component) -> object:
 
 
 # -- simple -> FHIR ---------------------------------------------------------------------------
+
+
+def patched(mapping: Mapping, current: dict, changes: dict) -> dict:
+    """The record a PATCH asks for: `changes` over the `current` record, whose values stay. A new
+    kind keeps none of the old kind's measurement (a heart rate of 81 is no weight of 81 kg, a
+    blood pressure has no value of its own): what the new kind measures is sent with it."""
+    merged = {**current, **changes}
+    kinds = mapping.kinds
+    if kinds and kinds.field in changes and changes[kinds.field] != current.get(kinds.field):
+        measured = {kinds.value_field} | {n for k in kinds.values.values() for n in k.components}
+        for name in measured - set(changes):
+            merged.pop(name, None)
+    return merged
+
+
+def filled_on_create(mapping: Mapping, simple: object, *, now: str, caller: str | None) -> object:
+    """`simple` with the fields a create leaves out (or null) filled as `on_create` says: `now`,
+    or the id of the `caller` ("Practitioner/9") when it is of the field's target type."""
+    if not isinstance(simple, dict):
+        return simple
+    filled = dict(simple)
+    for name, spec in mapping.fields.items():
+        if spec.on_create is None or filled.get(name) is not None:
+            continue
+        if spec.on_create == "now":
+            filled[name] = now
+        elif caller and caller.startswith(f"{spec.target}/"):
+            filled[name] = caller.removeprefix(f"{spec.target}/")
+    return filled
 
 
 def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -> dict:

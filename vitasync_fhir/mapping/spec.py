@@ -48,6 +48,9 @@ class FieldSpec(BaseModel):
     default: str | int | float | bool | None = None
     unit: Unit | None = None
     above: float | None = None  # a number must be greater than this (0: a positive quantity)
+    # What a create that leaves the field out gets: `now`, the server's clock (a datetime);
+    # `caller`, the caller's own resource of the target type (a doctor is the prescriber).
+    on_create: Literal["now", "caller"] | None = None
     example: str | int | float | bool | None = None
     description: str | None = None
 
@@ -62,6 +65,9 @@ class FieldSpec(BaseModel):
             raise ValueError("only a code field lists values")
         if self.default is not None and self.values is not None and self.default not in self.values:
             raise ValueError(f"default {self.default!r} is not among the values")
+        wanted = {"now": "datetime", "caller": "reference"}.get(self.on_create or "")
+        if wanted and self.type != wanted:
+            raise ValueError(f"on_create {self.on_create!r} fills only a {wanted} field")
         return self
 
     @property
