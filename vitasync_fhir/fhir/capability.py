@@ -14,6 +14,7 @@ from vitasync_fhir import __version__
 from vitasync_fhir.auth import oauth, policy
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import dumps
+from vitasync_fhir.fhir.search import registry
 
 # (method, path shape under /fhir) -> (level, interaction code)
 INTERACTIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -49,9 +50,14 @@ def _shapes(app: FastAPI) -> set[tuple[str, str]]:
 
 
 def _search_params(resource_type: str) -> list[dict]:
-    from vitasync_fhir.fhir.search.registry import search_parameters
+    return registry.search_parameters(resource_type)
 
-    return search_parameters(resource_type)
+
+def _common_params() -> list[dict]:
+    return [
+        {"name": p.code, "type": p.type, "definition": p.url}
+        for p in sorted(registry.common_params().values(), key=lambda p: p.code)
+    ]
 
 
 def _open_to_clients(resource_type: str, interactions: list[str]) -> list[str]:
@@ -81,12 +87,16 @@ def statement(app: FastAPI) -> dict:
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
             "interaction": [{"code": code} for code in codes],
-            "versioning": "versioned-update",
+            # AuditEvent offers no update: its versions are kept, but If-Match has no use there.
+            "versioning": "versioned-update" if writable else "versioned",
             "readHistory": True,
             "updateCreate": writable,
             "conditionalCreate": "create" in codes,
             # If-None-Match and If-Modified-Since answer 304 (router.read_answer).
             "conditionalRead": "full-support",
+            # References are stored as given (relative, absolute, logical by identifier,
+            # contained); the server neither resolves nor enforces their targets.
+            "referencePolicy": ["literal", "logical", "local"],
             "conditionalUpdate": writable and "conditionalUpdate" in conditional,
             "conditionalDelete": "single"
             if "delete" in codes and "conditionalDelete" in conditional
@@ -94,6 +104,8 @@ def statement(app: FastAPI) -> dict:
         }
         if "search-type" in type_level:
             entry["searchParam"] = _search_params(name)
+            entry["searchInclude"] = registry.includes(name)
+            entry["searchRevInclude"] = registry.reverse_includes(name)
         if name in type_operations:
             entry["operation"] = type_operations[name]
         resources.append(entry)
@@ -115,6 +127,9 @@ def statement(app: FastAPI) -> dict:
                 "resource": resources,
                 "security": oauth.security_component(settings),
                 "interaction": [{"code": code} for code in system_level],
+                # A search across types (GET /fhir?_type=...) takes the parameters every type has.
+                **({"searchParam": _common_params()} if "search-system" in system_level else {}),
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
                 **({"operation": operations} if operations else {}),
             }
         ],

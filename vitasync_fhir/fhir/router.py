@@ -85,7 +85,15 @@ async def _body(
 
 @router.get("/metadata", name="capabilities")
 async def metadata(request: Request) -> Response:
-    """The CapabilityStatement of this server."""
+    """The CapabilityStatement of this server (`mode` full or normative: the same statement;
+    terminology: no TerminologyCapabilities is offered)."""
+    mode = request.query_params.get("mode")
+    if mode == "terminology":
+        raise outcomes.FhirError(
+            400, "not-supported", "This server offers no TerminologyCapabilities"
+        )
+    if mode not in (None, "full", "normative"):
+        raise outcomes.bad_request(f"mode {mode!r} is not full, normative or terminology")
     return fhir_response(request, capability.statement_text(request.app))
 
 

@@ -106,18 +106,23 @@ def test_request_errors(client: TestClient, anonymous: TestClient) -> None:
 
 def test_capability_statement_lists_the_operations(anonymous: TestClient) -> None:
     rest = anonymous.get("/fhir/metadata").json()["rest"][0]
+    # rest.operation holds system operations only (R4: OperationDefinition.system = true).
     listed = {o["name"]: o["definition"] for o in rest["operation"]}
-    assert listed["validate"] == "http://hl7.org/fhir/OperationDefinition/Resource-validate"
-    assert listed["everything"] == "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-    assert listed["export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
-    assert not {"patient-export", "group-export"} & set(listed)  # no such $names are served
-    # Patient- and Group-level export are `export` on those types, as Bulk Data lists them.
-    for resource_type in ("Patient", "Group"):
-        entry = next(r for r in rest["resource"] if r["type"] == resource_type)
-        assert entry["operation"] == [
-            {
-                "name": "export",
-                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
-                f"{resource_type.lower()}-export",
-            }
-        ]
+    assert listed == {"export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}
+    by_type = {
+        r["type"]: {o["name"]: o["definition"] for o in r.get("operation", [])}
+        for r in rest["resource"]
+    }
+    hl7 = "http://hl7.org/fhir/OperationDefinition/"
+    bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+    assert by_type["Patient"] == {
+        "everything": hl7 + "Patient-everything",
+        "export": bulk + "patient-export",
+        "validate": hl7 + "Resource-validate",
+    }
+    assert by_type["Group"] == {
+        "export": bulk + "group-export",
+        "validate": hl7 + "Resource-validate",
+    }
+    assert set(by_type["MedicationRequest"]) == {"print", "validate"}
+    assert all("validate" in operations for operations in by_type.values())

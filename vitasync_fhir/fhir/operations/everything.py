@@ -40,12 +40,15 @@ from vitasync_fhir.fhir.service import Resources, check_id, instant, parse_json
 from vitasync_fhir.fhir.store import Store
 
 router = APIRouter()
-OPERATIONS = [
-    {
-        "name": "everything",
-        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-    }
-]
+OPERATIONS: list[dict] = []  # an instance operation of Patient: listed on the type
+TYPE_OPERATIONS = {
+    "Patient": [
+        {
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        }
+    ]
+}
 PARAMETERS = ("_since", "_type", "_count", "_cursor", "_format", "_pretty")
 SIGNATURE = "$everything"
 _ALL_REFERENCES = Include(None, None, None, False, False)

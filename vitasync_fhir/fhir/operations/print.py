@@ -11,12 +11,15 @@ from vitasync_fhir.documents.router import PDF, Paper, prescription_response
 
 router = APIRouter()
 
-OPERATIONS = [
-    {
-        "name": "print",
-        "definition": "http://vitasync.example.org/fhir/OperationDefinition/MedicationRequest-print",
-    }
-]
+OPERATIONS: list[dict] = []  # an instance operation of MedicationRequest: listed on the type
+TYPE_OPERATIONS = {
+    "MedicationRequest": [
+        {
+            "name": "print",
+            "definition": "http://vitasync.example.org/fhir/OperationDefinition/MedicationRequest-print",
+        }
+    ]
+}
 
 
 @router.get("/MedicationRequest/{resource_id}/$print", responses={200: PDF[200]})

@@ -14,15 +14,24 @@ from fastapi.responses import Response
 
 from vitasync_fhir.auth.access import Access, AccessDep
 from vitasync_fhir.db import SessionDep
+from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.outcomes import FhirError, Issue, bad_request, dumps, outcome
 from vitasync_fhir.fhir.responses import fhir_response, require_json_body
 from vitasync_fhir.fhir.service import Resources, check_type, parse_json
 from vitasync_fhir.fhir.validation import validate
 
 router = APIRouter()
-OPERATIONS = [
-    {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
-]
+# Resource-validate is a type and instance operation of every type (not a system one).
+OPERATIONS: list[dict] = []
+TYPE_OPERATIONS = {
+    name: [
+        {
+            "name": "validate",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        }
+    ]
+    for name in resource_types()
+}
 MODES = ("create", "update", "delete", "profile")
 BASE_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 

@@ -19,6 +19,15 @@ DATA = Path(__file__).resolve().parent / "data"
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 # Resources that are not DomainResources, so DomainResource parameters do not apply.
 _NOT_DOMAIN = frozenset({"Binary", "Bundle", "Parameters"})
+# Definitions whose expression selects a whole resource, not a value: Bundle's `composition`
+# and `message` (Bundle.entry[0].resource) exist only for chaining into the entry, which the
+# engine does not do. Not offered (a search with them is a 400), rather than never matching.
+_NOT_OFFERED = frozenset(
+    {
+        "http://hl7.org/fhir/SearchParameter/Bundle-composition",
+        "http://hl7.org/fhir/SearchParameter/Bundle-message",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +94,43 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
     for definition in _definitions():
         if not definition.get("expression") or not bases.intersection(definition["base"]):
             continue
+        if definition["url"] in _NOT_OFFERED:
+            continue
         # A type's own definition wins over a common one with the same code.
         if definition["code"] in out and resource_type not in definition["base"]:
             continue
         out[definition["code"]] = _param(definition)
     return out
+
+
+def includes(resource_type: str) -> list[str]:
+    """`searchInclude` of the CapabilityStatement: `Type:param` for each reference parameter."""
+    found = [
+        f"{resource_type}:{p.code}"
+        for p in params_for(resource_type).values()
+        if p.type == "reference"
+    ]
+    return ["*", *sorted(found)] if found else []
+
+
+@cache
+def _reverse_includes() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    everything = len(resource_types())
+    for source in sorted(resource_types()):
+        for p in params_for(source).values():
+            # A reference to any type (derived-from, composed-of...: 80 of them) is served too,
+            # but listing it on all 128 types would make the statement 660 kB instead of 390.
+            if p.type == "reference" and len(p.targets) < everything - 1:
+                for target in p.targets:
+                    out.setdefault(target, []).append(f"{source}:{p.code}")
+    return out
+
+
+def reverse_includes(resource_type: str) -> list[str]:
+    """`searchRevInclude`: `Source:param` for each reference parameter that names this type
+    among its targets (those to any type work too, unlisted)."""
+    return sorted(_reverse_includes().get(resource_type, []))
 
 
 def param(resource_type: str, code: str) -> SearchParam | None:
