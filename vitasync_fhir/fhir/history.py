@@ -1,16 +1,28 @@
-"""History Bundles for an instance, a type or the whole system, keyset-paged."""
+"""History Bundles for an instance, a type or the whole system, keyset-paged.
+
+A page holds only versions the caller may see, and its `next` link depends only on whether a
+further such version exists: an empty page with a `next` link would tell a patient that another
+patient's record was deleted, and `_since` when. The cursor is the global write sequence,
+encrypted, so that it does not count the server's writes either.
+"""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vitasync_fhir.auth import keys
 from vitasync_fhir.auth.access import Access
+from vitasync_fhir.config import Settings
 from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.models import resource_types
 from vitasync_fhir.fhir.responses import bundle, bundle_entry
@@ -21,6 +33,11 @@ from vitasync_fhir.fhir.store import Store, Version
 
 _METHOD_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
 _KNOWN = {"_count", "_since", "_at", "_cursor", "_total", "_format", "_pretty"}
+# A limited caller's page reads past the versions hidden from them in batches (of at most _BATCH)
+# until it is full; after HIDDEN_SCAN versions more than the page holds it ends and links on.
+HIDDEN_SCAN = 1000
+_BATCH = 500
+Shown = list[tuple[Version, Version | None]]  # a version and the one before it
 
 
 _INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
@@ -83,6 +100,41 @@ def _int_param(request: Request, name: str, default: int, *, maximum: int) -> in
     return min(int(value), maximum)
 
 
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{22}")  # 16 bytes, base64url
+_ciphers: dict[Path, Cipher] = {}
+
+
+def _cipher(settings: Settings) -> Cipher:
+    """AES with a key derived from the token signing key: every worker has it, no caller does."""
+    path = keys.key_path(settings).resolve()
+    cipher = _ciphers.get(path)
+    if cipher is None:
+        pem = keys.signing_key(settings).as_pem(private=True)
+        secret = hmac.digest(pem, b"vitasync history cursor", "sha256")[:16]
+        cipher = _ciphers[path] = Cipher(algorithms.AES(secret), modes.ECB())
+    return cipher
+
+
+def _cursor_text(settings: Settings, seq: int) -> str:
+    """The write sequence as a cursor: one AES block of it and eight zero bytes, which tell a
+    cursor of ours from one changed or made up."""
+    encryptor = _cipher(settings).encryptor()
+    block = encryptor.update(seq.to_bytes(8, "big") + bytes(8)) + encryptor.finalize()
+    return base64.urlsafe_b64encode(block).decode().rstrip("=")
+
+
+def _cursor_seq(settings: Settings, text: str) -> int:
+    if _CURSOR.fullmatch(text):
+        decryptor = _cipher(settings).decryptor()
+        block = decryptor.update(base64.urlsafe_b64decode(text + "==")) + decryptor.finalize()
+        if block[8:] == bytes(8):
+            return int.from_bytes(block[:8], "big")
+    raise outcomes.bad_request(
+        "_cursor is not a cursor of this server's history: follow the Bundle's links",
+        expression="_cursor",
+    )
+
+
 def _entry(base: str, version: Version, before: Version | None) -> str:
     url = f"{version.resource_type}/{version.id}"
     method = version.method or "PUT"
@@ -120,6 +172,49 @@ def _patients_shown(
     )
 
 
+async def _versions(
+    store: Store,
+    access: Access,
+    *,
+    limited: bool,
+    count: int,
+    after: int | None,
+    query: dict,
+) -> tuple[Shown, int | None]:
+    """The page's versions and the sequence the next page starts below (None: no next page).
+
+    One query when nothing is hidden. A limited caller's SQL filter lets through every deleted
+    resource (it has left the compartments) and versions from before a resource moved between
+    patients; `_visible` judges those, and further batches are read until the page is full and
+    one more visible version is found, or the rows run out. Past HIDDEN_SCAN versions beyond the
+    page's count, the page links on from the last version read: that such a page is not full
+    says only that at least HIDDEN_SCAN hidden versions lie in its range.
+    """
+    shown: Shown = []
+    last, limit, scanned = None, count + 1, 0
+    while count:
+        rows = await store.history(**query, before_seq=after, limit=limit)
+        before = await store.previous([v for _, v in rows])
+        for seq, version in rows:
+            prior = before.get((version.resource_type, version.id, version.version_id))
+            if limited and not _visible(access, version, prior):
+                continue
+            if len(shown) == count:
+                return shown, last
+            shown.append((version, prior))
+            last = seq
+        scanned += len(rows)
+        if len(rows) < limit:
+            break
+        after = rows[-1][0]
+        if scanned >= count + HIDDEN_SCAN:
+            return shown, after
+        # Where one version was hidden more usually are (a patient's view of a type's history
+        # past other patients' deletions): larger batches, each a query that sets up its filter.
+        limit = min(max(limit * 4, 100), _BATCH, count + HIDDEN_SCAN - scanned)
+    return shown, None
+
+
 async def page(
     request: Request,
     session: AsyncSession,
@@ -137,7 +232,7 @@ async def page(
         request, "_count", settings.history_page_size, maximum=settings.max_page_size
     )
     cursor_text = request.query_params.get("_cursor")
-    cursor = _int_param(request, "_cursor", 0, maximum=2**62) if cursor_text else None
+    cursor = _cursor_seq(settings, cursor_text) if cursor_text else None
     since = _since(request)
     at = _at(request)
     restrict = None
@@ -148,27 +243,20 @@ async def page(
         restrict = access.restriction("history-type")
         restrict = restrict and (lambda table, _r=restrict, _t=types: _r(table, _t))
     store = Store(session)
-    rows = await store.history(
-        resource_type=resource_type,
-        resource_id=resource_id,
-        since=since,
-        at=at,
-        before_seq=cursor,
-        limit=count + 1,
-        restrict=restrict,
-    )
-    more = len(rows) > count
-    rows = rows[:count]
     # The filter above keeps resources by their current compartment (and deleted ones, which
     # have none); `_visible` then judges each version. A caller who sees a patient's part of
     # these types gets no total: counting what is hidden from them would tell how much there is.
     limited = access.limited(types, "history")
-    before = await store.previous([v for _, v in rows])
-    shown = [
-        (v, before.get((v.resource_type, v.id, v.version_id)))
-        for _, v in rows
-        if not limited or _visible(access, v, before.get((v.resource_type, v.id, v.version_id)))
-    ]
+    query = {
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "since": since,
+        "at": at,
+        "restrict": restrict,
+    }
+    shown, after = await _versions(
+        store, access, limited=limited, count=count, after=cursor, query=query
+    )
     if resource_id is None:  # an instance's history was audited when it was read
         await access.audited(
             session,
@@ -179,13 +267,7 @@ async def page(
         )
     total = None
     if request.query_params.get("_total") == "accurate" and not limited:
-        total = await store.history_count(
-            resource_type=resource_type,
-            resource_id=resource_id,
-            since=since,
-            at=at,
-            restrict=restrict,
-        )
+        total = await store.history_count(**query)
     base = settings.fhir_base
     path = "/".join(p for p in (resource_type, resource_id) if p)
     kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
@@ -197,8 +279,9 @@ async def page(
             + ("?" + urlencode(request.query_params.multi_items()) if request.url.query else ""),
         )
     ]
-    if more and rows:
-        links.append(("next", self_url + "?" + urlencode([*kept, ("_cursor", str(rows[-1][0]))])))
+    if after is not None:
+        cursor_text = _cursor_text(settings, after)
+        links.append(("next", self_url + "?" + urlencode([*kept, ("_cursor", cursor_text)])))
     return bundle(
         bundle_type="history",
         total=total,

@@ -194,10 +194,23 @@ class Store:
     async def previous(self, versions: Sequence[Version]) -> dict[tuple[str, str, int], Version]:
         """The version before each of `versions` that has one, keyed by (type, id, version)."""
         h = resource_history
-        keys = [(v.resource_type, v.id, v.version_id - 1) for v in versions if v.version_id > 1]
-        if not keys:
+        wanted: dict[tuple[str, int], list[str]] = {}
+        for v in versions:
+            if v.version_id > 1:
+                wanted.setdefault((v.resource_type, v.version_id - 1), []).append(v.id)
+        if not wanted:
             return {}
-        query = select(h).where(tuple_(h.c.resource_type, h.c.id, h.c.version_id).in_(keys))
+        # `id IN (...)` per type and version: the index takes it as one condition, where
+        # PostgreSQL took a row-value IN list as a filter over every version of the type
+        # (O(rows x keys): 120 ms for the 500 versions a hidden stretch of history reads).
+        query = select(h).where(
+            or_(
+                *(
+                    and_(h.c.resource_type == t, h.c.version_id == n, h.c.id.in_(ids))
+                    for (t, n), ids in wanted.items()
+                )
+            )
+        )
         rows = (await self.session.execute(query)).all()
         return {(r.resource_type, r.id, r.version_id + 1): _version(r) for r in rows}
 

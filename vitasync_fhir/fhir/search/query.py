@@ -877,11 +877,29 @@ async def count_matches(
     compartment: str | None = None,
     estimate: bool = False,
 ) -> int:
+    narrowed: list[ColumnElement[bool]] = []
+    if restrict is not None:
+        restrict = _noting(restrict, narrowed)
     r, clauses = matches(types, criteria, restrict=restrict, compartment=compartment)
-    if estimate and (await session.connection()).dialect.name == "postgresql":
+    # The planner's statistics are of whole tables: for a caller who may see only part of what
+    # the search reads they would tell how much of the rest there is (how many other patients'
+    # Conditions, how often a code is in their Observations). Such a caller's estimate is a count.
+    if estimate and not narrowed and (await session.connection()).dialect.name == "postgresql":
         return await _estimate(session, select(r.c.id).where(*clauses))
     statement = select(func.count()).select_from(r).where(*clauses)
     return int((await session.execute(statement)).scalar_one())
+
+
+def _noting(restrict: Restrict, narrowed: list[ColumnElement[bool]]) -> Restrict:
+    """`restrict`, adding to `narrowed` each clause it puts on a selection."""
+
+    def noted(table: FromClause, types: Types) -> ColumnElement[bool] | None:
+        clause = restrict(table, types)
+        if clause is not None:
+            narrowed.append(clause)
+        return clause
+
+    return noted
 
 
 async def _estimate(session: AsyncSession, statement: Select) -> int:

@@ -2,9 +2,10 @@
 matches that create, update, delete and transactions rely on.
 
 Totals: `_total=accurate` counts every match; `_total=estimate` asks PostgreSQL's planner (an exact
-count on SQLite); by default (`none`) a Bundle has a total only when the first page holds every
-match, since counting a large result costs as much as reading it. `_count=0` and `_summary=count`
-answer the exact total alone.
+count on SQLite, and for a caller the access layer narrows the search for, since the planner's
+statistics count every patient's records); by default (`none`) a Bundle has a total only when the
+first page holds every match, since counting a large result costs as much as reading it. `_count=0`
+and `_summary=count` answer the exact total alone.
 """
 
 from __future__ import annotations
