@@ -57,8 +57,8 @@ def expected(role: str, resource_type: str, interaction: str, owner: str) -> boo
         and letter not in policy.SERVER_WRITTEN[resource_type]
     ):
         return False
-    if rule.access == "own" and resource_type in policy.compartment_paths():
-        return owner == "own"
+    if rule.access in ("own", "shared") and resource_type in policy.compartment_paths():
+        return owner == "own"  # "shared" adds what is in no patient's compartment (not "other")
     return True
 
 

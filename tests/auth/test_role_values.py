@@ -149,3 +149,34 @@ def test_a_patient_books_and_cancels_but_does_not_mark_attendance(client, signed
         headers={**me, **FHIR_JSON},
     )
     assert cancelled.status_code == 200, cancelled.text
+
+
+def test_a_patient_sees_doctors_schedules_and_their_own_not_another_patients(
+    client, signed_in
+) -> None:  # type: ignore[no-untyped-def]
+    ann, bob = (create(client, patient(family=f))["id"] for f in ("Ann", "Bob"))
+    doctor = create(client, {"resourceType": "Practitioner", "name": [{"family": "House"}]})["id"]
+
+    def schedule(actor: str, comment: str) -> str:
+        made = {"resourceType": "Schedule", "actor": [{"reference": actor}], "comment": comment}
+        return create(client, made)["id"]
+
+    clinic = schedule(f"Practitioner/{doctor}", "Dr House's clinic")
+    own = schedule(f"Patient/{ann}", "Ann's dialysis")
+    theirs = schedule(f"Patient/{bob}", "Bob's HIV clinic")
+    me = signed_in(role="patient", patient_id=ann)
+    found = client.get("/fhir/Schedule", headers=me).json()
+    assert {e["resource"]["id"] for e in found.get("entry", [])} == {clinic, own}
+    assert client.get(f"/fhir/Schedule/{clinic}", headers=me).status_code == 200
+    assert client.get(f"/fhir/Schedule/{theirs}", headers=me).status_code == 404
+    by_actor = client.get("/fhir/Schedule", params={"actor": f"Patient/{bob}"}, headers=me)
+    assert by_actor.status_code == 200 and not by_actor.json().get("entry")
+
+
+def test_only_an_admin_deletes_a_patient(client, signed_in) -> None:  # type: ignore[no-untyped-def]
+    pid = create(client, patient(family="Ann"))["id"]
+    doctor = signed_in(role="doctor")
+    assert client.delete(f"/fhir/Patient/{pid}", headers=doctor).status_code == 403
+    assert client.delete(f"/api/patients/{pid}", headers=doctor).status_code == 403
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+    assert client.delete(f"/fhir/Patient/{pid}").status_code == 204  # the admin service

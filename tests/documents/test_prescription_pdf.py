@@ -78,7 +78,8 @@ def test_the_three_addresses_give_the_same_document(
 
 def test_capability_statement_lists_print(anonymous: TestClient) -> None:
     rest = anonymous.get("/fhir/metadata").json()["rest"][0]
-    entries = {op["name"]: op["definition"] for op in rest.get("operation", [])}
+    requests = next(r for r in rest["resource"] if r["type"] == "MedicationRequest")
+    entries = {op["name"]: op["definition"] for op in requests.get("operation", [])}
     assert entries["print"].endswith("/OperationDefinition/MedicationRequest-print")
 
 

@@ -175,7 +175,7 @@ class Access:
             return None
 
         def clause(table: FromClause, types: Iterable[str]) -> ColumnElement[bool] | None:
-            free, limited, patient = [], [], None
+            free, limited, shared, patient = [], [], [], None
             for name in types:
                 decision = policy.decide(caller, name, interaction)
                 if not decision.allowed:
@@ -183,7 +183,7 @@ class Access:
                 if decision.patient_id is None:
                     free.append(name)
                 else:
-                    limited.append(name)
+                    (shared if decision.shared else limited).append(name)
                     patient = decision.patient_id
             wanted = set(types)
             # Subscriptions and the like: only the caller's own, unless they see all.
@@ -194,12 +194,15 @@ class Access:
             parts = []
             if free:
                 parts.append(table.c.resource_type.in_(free))
+            # A deleted resource has left every compartment; in a history its versions are
+            # kept here and judged one by one against their content (fhir/history.py).
+            deleted = interaction.startswith("history")
             if limited and patient is not None:
-                # A deleted resource has left every compartment; in a history its versions are
-                # kept here and judged one by one against their content (fhir/history.py).
-                deleted = interaction.startswith("history")
                 member = policy.patient_clause(table, patient, or_deleted=deleted)
                 parts.append(and_(table.c.resource_type.in_(limited), member))
+            if shared and patient is not None:
+                member = policy.patient_clause(table, patient, or_deleted=deleted, shared=True)
+                parts.append(and_(table.c.resource_type.in_(shared), member))
             if owned:
                 parts.append(
                     and_(table.c.resource_type.in_(owned), ownership.clause(table, caller))

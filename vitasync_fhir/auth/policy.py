@@ -33,10 +33,13 @@ from vitasync_fhir.fhir.tables import resources as current_resources
 Role = Literal["admin", "doctor", "nurse", "patient", "pharmacist"]
 ROLES: tuple[Role, ...] = ("admin", "doctor", "nurse", "patient", "pharmacist")
 STAFF: frozenset[str] = frozenset({"admin", "doctor", "nurse", "pharmacist"})
-Access = Literal["own", "any", "none"]
+Access = Literal["own", "any", "none", "shared"]
 OWN: Access = "own"
 ANY: Access = "any"
 NONE: Access = "none"
+# The caller's own compartment and what is in no patient's: a doctor's Schedule, which a patient
+# needs to book, but not another patient's (a Schedule whose actor is a patient is theirs).
+SHARED: Access = "shared"
 
 # -- resource groups (the nouns of the table) ---------------------------------------------------
 
@@ -140,7 +143,8 @@ def rows(types: Iterable[str], letters: str, access: Access) -> dict[str, Rule]:
 POLICY: dict[str, dict[str, Rule]] = {
     "admin": {"*": Rule("cruds", ANY)},
     "doctor": {
-        **rows(PATIENT, "cruds", ANY),
+        # Removing a whole patient (and their account's record) is an administrator's job.
+        **rows(PATIENT, "crus", ANY),
         **rows(CLINICAL, "cruds", ANY),
         **rows(MEDICATION, "crus", ANY),
         **rows(DIRECTORY, "rs", ANY),
@@ -167,6 +171,7 @@ POLICY: dict[str, dict[str, Rule]] = {
         **rows(PATIENT, "rus", OWN),  # may update their own profile, never create or delete
         **rows(APPOINTMENTS, "crus", OWN),  # book, reschedule and cancel their appointments
         **rows(DIRECTORY + SCHEDULING + MEDICATION + CONFORMANCE, "rs", ANY),
+        **rows(("Schedule",), "rs", SHARED),
     },
 }
 # Written only by the server, whatever the role: the audit trail is append-only.
@@ -331,6 +336,7 @@ class Caller:
 class Decision:
     allowed: bool
     patient_id: str | None = None  # set when only that patient's compartment is visible
+    shared: bool = False  # ...and what is in no patient's compartment (SHARED)
 
 
 DENY = Decision(False)
@@ -354,10 +360,10 @@ def decide(caller: Caller, resource_type: str, interaction: str) -> Decision:
         return DENY
     if not in_compartment_types(resource_type):
         return Decision(True)
-    if rule.access == OWN or compartment:
+    if rule.access in (OWN, SHARED) or compartment:
         if caller.patient_id is None:
             return DENY  # patient-limited, but no patient in context
-        return Decision(True, caller.patient_id)
+        return Decision(True, caller.patient_id, shared=rule.access == SHARED)
     return Decision(True)
 
 
@@ -391,14 +397,31 @@ def restrict(
         return lambda resources: false()
     if decision.patient_id is None:
         return None
-    return _compartment_clause(resource_type, decision.patient_id)
+    return _compartment_clause(resource_type, decision.patient_id, shared=decision.shared)
+
+
+def _nobodys(resources: FromClause) -> ColumnElement[bool]:
+    """Rows of `resources` in no patient's compartment (SHARED types)."""
+    rc = resource_compartments
+    return ~exists(
+        select(1).where(
+            rc.c.resource_type == resources.c.resource_type,
+            rc.c.resource_id == resources.c.id,
+            rc.c.compartment_type == "Patient",
+        )
+    )
 
 
 def patient_clause(
-    resources: FromClause, patient_id: str, *, or_deleted: bool = False
+    resources: FromClause, patient_id: str, *, or_deleted: bool = False, shared: bool = False
 ) -> ColumnElement[bool]:
     """Rows of `resources` (any types) in the patient's compartment, the Patient itself included;
-    with `or_deleted`, also the rows of every resource deleted now, which has no compartment."""
+    with `or_deleted`, also the rows of every resource deleted now, which has no compartment;
+    with `shared`, also those in no patient's compartment."""
+    if shared:
+        return or_(
+            patient_clause(resources, patient_id, or_deleted=or_deleted), _nobodys(resources)
+        )
     rc = resource_compartments
     member = exists(
         select(1).where(
@@ -422,8 +445,10 @@ def patient_clause(
     return or_(itself, member, deleted)
 
 
-def _compartment_clause(resource_type: str, patient_id: str) -> Restriction:
+def _compartment_clause(resource_type: str, patient_id: str, *, shared: bool) -> Restriction:
     def clause(resources: FromClause) -> ColumnElement[bool]:
+        if shared:
+            return patient_clause(resources, patient_id, shared=True)
         rc = resource_compartments
         member = exists(
             select(1).where(
@@ -473,7 +498,7 @@ def may_touch(
     patients = patients_of(resource_type, data, base=base)
     if interaction in CONTENT_WRITES:
         return patients == {decision.patient_id}
-    return decision.patient_id in patients
+    return decision.patient_id in patients or (decision.shared and not patients)
 
 
 def patients_of(resource_type: str, resource: dict, *, base: str = "") -> set[str]:
