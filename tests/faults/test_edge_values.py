@@ -234,10 +234,10 @@ def test_a_batch_entry_that_fails_unexpectedly_answers_for_itself(client, monkey
 
     original = bundles.Transaction._rewrite
 
-    async def rewrite(self, resource: dict) -> dict:  # type: ignore[no-untyped-def]
+    async def rewrite(self, resource: dict, *rest) -> dict:  # type: ignore[no-untyped-def]
         if (resource.get("name") or [{}])[0].get("family") == "Boom":
             raise RuntimeError("a bug")
-        return await original(self, resource)
+        return await original(self, resource, *rest)
 
     monkeypatch.setattr(bundles.Transaction, "_rewrite", rewrite)
     entries = [

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # href="..." / src='...' in narrative XHTML: the links http.html#trules has rewritten there.
 _NARRATIVE_LINK = re.compile(r"""(?<![\w-])((?:href|src)\s*=\s*)(["'])(.*?)\2""")
+# A RESTful fullUrl (its base, then Type/id) and a relative reference Type/id.
+_RESTFUL_URL = re.compile(r"(https?://\S+/)[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
+_RELATIVE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
 
 
 def _conditional_reference(reference: str) -> tuple[str, str]:
@@ -251,18 +254,19 @@ class Transaction:
         await r.permit_write(entry.resource_type, None, interaction, current)
         if entry.if_match:
             expected = parse_etag(entry.if_match, header="ifMatch")
-            if current is None or current.version_id != expected:
+            if not expected.holds(current):
                 raise outcomes.precondition_failed(
-                    f"{entry.resource_type}/{entry.resource_id} is not at version {expected}"
+                    f"{entry.resource_type}/{entry.resource_id} is not at a version "
+                    f"ifMatch {entry.if_match!r} accepts"
                 )
         if entry.method == "PATCH":
             if current is None or current.content is None:
                 raise outcomes.not_found(f"{entry.resource_type}/{entry.resource_id} is not known")
             data = await self._rewrite(
-                apply_patch(current.content, patch_operations(entry.resource))
+                apply_patch(current.content, patch_operations(entry.resource)), entry.full_url
             )
         else:
-            data = await self._rewrite(entry.resource)
+            data = await self._rewrite(entry.resource, entry.full_url)
         if entry.method == "POST":
             data = {**data, "id": entry.resource_id}
         elif data.get("id") is None and entry.query:
@@ -290,34 +294,36 @@ class Transaction:
         _wrote(entry, write.version, created=created)
         return write
 
-    async def _rewrite(self, resource: dict) -> dict:
+    async def _rewrite(self, resource: dict, full_url: str | None) -> dict:
         """The resource with every link to a bundle entry, and every conditional reference,
-        replaced by the id it names."""
+        replaced by the id it names. A relative reference in an entry whose fullUrl is a RESTful
+        URL names first the entry at that fullUrl's base (bundle.html#references)."""
         text = orjson.dumps(resource)
         if self.needles is None:  # every entry has its id by now: _plan runs after _resolve
             self.needles = tuple({_needle(full_url) for full_url in self.ids})
         # Most resources of a large import hold no link at all: skip them without a walk.
         if b'"reference"' not in text and not any(n in text for n in self.needles):
             return resource
-        return await self._walk(resource, depth=0)
+        restful = _RESTFUL_URL.fullmatch(full_url or "")
+        return await self._walk(resource, depth=0, base=restful[1] if restful else None)
 
-    async def _walk(self, node, depth: int):  # type: ignore[no-untyped-def]
+    async def _walk(self, node, depth: int, base: str | None):  # type: ignore[no-untyped-def]
         if depth > 64:
             raise FhirError(400, "too-costly", "The resource is nested too deeply")
         if isinstance(node, str):  # uri, url, oid, uuid...: only a whole fullUrl is a link
             return self.ids.get(node, node)
         if isinstance(node, list):
-            return [await self._walk(item, depth + 1) for item in node]
+            return [await self._walk(item, depth + 1, base) for item in node]
         if not isinstance(node, dict):
             return node
         out = {}
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                out[key] = await self._target(value)
+                out[key] = await self._target(value, base)
             elif key == "div" and isinstance(value, str):  # only Narrative has a div
                 out[key] = _NARRATIVE_LINK.sub(self._narrative_link, value)
             else:
-                out[key] = await self._walk(value, depth + 1)
+                out[key] = await self._walk(value, depth + 1, base)
         return out
 
     def _narrative_link(self, match: re.Match[str]) -> str:
@@ -326,9 +332,13 @@ class Transaction:
             return match.group(0)
         return f"{match.group(1)}{match.group(2)}{target}{match.group(2)}"
 
-    async def _target(self, reference: str) -> str:
+    async def _target(self, reference: str, base: str | None) -> str:
         if reference in self.ids:
             return self.ids[reference]
+        if base is not None and _RELATIVE.fullmatch(reference):
+            target = self.ids.get(base + reference)
+            if target is not None:
+                return target
         if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
             raise outcomes.bad_request(f"Reference {reference!r} names no entry of this Bundle")
         if "?" in reference and not reference.startswith(("#", "http://", "https://")):

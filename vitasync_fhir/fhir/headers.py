@@ -1,14 +1,17 @@
 """Request headers that shape an answer, read alike for a single request and a Bundle entry:
-`Prefer` (return=, handling=) and the conditional read (If-None-Match, If-Modified-Since, which a
-Bundle entry carries as request.ifNoneMatch and request.ifModifiedSince).
+`Prefer` (return=, handling=), the conditional read (If-None-Match, If-Modified-Since, which a
+Bundle entry carries as request.ifNoneMatch and request.ifModifiedSince) and the precondition of
+a write (If-Match, request.ifMatch).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from vitasync_fhir.fhir import outcomes
 from vitasync_fhir.fhir.store import Version
 
 RETURNS = ("minimal", "representation", "OperationOutcome")
@@ -37,6 +40,39 @@ def preference(header: str | None) -> Preference:
         lenient=asked.get("handling", "").lower() == "lenient",
         respond_async="respond-async" in asked,
     )
+
+
+_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+
+
+@dataclass(frozen=True, slots=True)
+class IfMatch:
+    """The versions a write's `If-Match` accepts (RFC 9110 13.1.1): any of a list of tags, or
+    with `*` whichever is current, as long as one is (a deletion leaves none)."""
+
+    versions: frozenset[int] | None  # None: `*`
+
+    def holds(self, current: Version | None) -> bool:
+        if current is None:
+            return False
+        if self.versions is None:
+            return not current.deleted
+        return current.version_id in self.versions
+
+
+def if_match(value: str, *, header: str = "If-Match") -> IfMatch:
+    """`*` or a comma-separated list of version tags; 400 for anything else."""
+    if value.strip() == "*":
+        return IfMatch(None)
+    versions = set()
+    for tag in value.split(","):
+        match = _ETAG.match(tag.strip())
+        if not match:
+            raise outcomes.bad_request(
+                f'{header} {value!r} is not "*" or version tags like W/"3", W/"4"'
+            )
+        versions.add(int(match.group(1)))
+    return IfMatch(frozenset(versions))
 
 
 def not_modified(

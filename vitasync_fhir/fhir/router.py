@@ -146,6 +146,23 @@ async def vread(
     return read_answer(request, version)
 
 
+@router.head(
+    "/{resource_type:fhirtype}/{resource_id}/_history/{version_id}",
+    name="vread-head",
+    include_in_schema=False,
+)
+async def vread_head(
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    request: Request,
+    session: ReadSessionDep,
+    access: AccessDep,
+) -> Response:
+    """The headers of one version of a resource."""
+    return _head(await vread(resource_type, resource_id, version_id, request, session, access))
+
+
 @router.get("/{resource_type:fhirtype}/{resource_id}", name="read")
 async def read(
     resource_type: str,
@@ -157,6 +174,24 @@ async def read(
     """The current version of a resource."""
     version = await Resources(session, access).read(resource_type, resource_id)
     return read_answer(request, version)
+
+
+@router.head("/{resource_type:fhirtype}/{resource_id}", name="read-head", include_in_schema=False)
+async def read_head(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    session: ReadSessionDep,
+    access: AccessDep,
+) -> Response:
+    """The headers of the current version of a resource."""
+    return _head(await read(resource_type, resource_id, request, session, access))
+
+
+def _head(answer: Response) -> Response:
+    """GET's status and headers, Content-Length included, without its body (RFC 9110 9.3.2).
+    Out of the OpenAPI text, so the CapabilityStatement, read from it, is unchanged."""
+    return Response(status_code=answer.status_code, headers=dict(answer.headers))
 
 
 @router.post("/{resource_type:fhirtype}", name="create")
@@ -208,6 +243,20 @@ async def patch(
     operations = await _body(request, media=(JSON_PATCH,))
     saved = await Resources(session, access).patch(
         resource_type, resource_id, operations, if_match=request.headers.get("if-match")
+    )
+    return written(request, saved)
+
+
+@router.patch("/{resource_type:fhirtype}", name="patch-conditional")
+async def conditional_patch(
+    resource_type: str, request: Request, session: SessionDep, access: AccessDep
+) -> Response:
+    """Apply a JSON Patch to the one resource that matches the search in the query string."""
+    check_type(resource_type)
+    query = _condition(request)
+    operations = await _body(request, media=(JSON_PATCH,))
+    saved = await Resources(session, access).conditional_patch(
+        resource_type, query, operations, if_match=request.headers.get("if-match")
     )
     return written(request, saved)
 

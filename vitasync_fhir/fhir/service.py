@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vitasync_fhir.auth.access import SYSTEM, Access
 from vitasync_fhir.fhir import outcomes, rules
+from vitasync_fhir.fhir.headers import IfMatch, if_match
 from vitasync_fhir.fhir.models import is_resource_type
 from vitasync_fhir.fhir.outcomes import FhirError, Issue
 from vitasync_fhir.fhir.search.service import match_ids
@@ -24,7 +25,6 @@ from vitasync_fhir.fhir.store import Store, Version, VersionConflict, Write
 from vitasync_fhir.fhir.validation import validate
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 _RETRIES = 10
 
 
@@ -78,11 +78,8 @@ def parse_json(body: bytes) -> object:
         raise outcomes.bad_request(f"The body is not valid JSON: {error}") from None
 
 
-def parse_etag(value: str, *, header: str = "If-Match") -> int:
-    match = _ETAG.match(value.strip())
-    if not match:
-        raise outcomes.bad_request(f'{header} {value!r} is not a version tag like W/"3"')
-    return int(match.group(1))
+def parse_etag(value: str, *, header: str = "If-Match") -> IfMatch:
+    return if_match(value, header=header)
 
 
 def check_resource(data: object, resource_type: str) -> dict:
@@ -382,8 +379,9 @@ class Resources:
         patched = apply_patch(current.content, operations)
         if patched.get("id") != resource_id:
             raise FhirError(422, "processing", "A patch may not change the resource's id or type")
+        # The version patched, not If-Match (which `*` or a list may satisfy by another).
         return await self.update(
-            resource_type, resource_id, patched, if_match=if_match or current.etag, method="PATCH"
+            resource_type, resource_id, patched, if_match=current.etag, method="PATCH"
         )
 
     async def delete(
@@ -460,6 +458,20 @@ class Resources:
             resource_type, match.id, {**resource, "id": match.id}, if_match=if_match
         )
 
+    async def conditional_patch(
+        self, resource_type: str, query: str, operations: object, *, if_match: str | None = None
+    ) -> Saved:
+        """Patch the one resource matching `query` (http.html#patch): with nothing to patch,
+        404, as a transaction's conditional PATCH answers."""
+        check_type(resource_type)
+        await self.access.require(resource_type, "patch")  # before the condition tells anything
+        if not isinstance(operations, list):
+            raise outcomes.bad_request("A JSON Patch body is an array of operations")
+        match = await self.conditional_match(resource_type, query, hold=True)
+        if match is None:
+            raise outcomes.not_found(f"No {resource_type} matches {query!r}; nothing was patched")
+        return await self.patch(resource_type, match.id, operations, if_match=if_match)
+
     async def refuse_taken(self, resource_type: str, resource_id: str, query: str) -> None:
         """A conditional update that matched nothing creates with the body's id only when that
         id is free: 409 when it names a resource that does not match (R5 says so; R4's "update
@@ -494,9 +506,7 @@ def _stale(resource_type: str, resource_id: str) -> FhirError:
 
 
 def _check_precondition(
-    current: Version | None, expected: int | None, resource_type: str, resource_id: str
+    current: Version | None, expected: IfMatch | None, resource_type: str, resource_id: str
 ) -> None:
-    if expected is None:
-        return
-    if current is None or current.version_id != expected:
+    if expected is not None and not expected.holds(current):
         raise _stale(resource_type, resource_id)

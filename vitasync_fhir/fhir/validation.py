@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,8 @@ class _Walk:
                 self.codings(spec, value, path)
             if spec.type == "Reference":
                 self.reference(value.get("reference"), f"{path}.reference")
+            elif spec.type == "Period":
+                self.period(value, path)
 
     def primitive(self, spec: _Spec, of: _Primitive, value: object, path: str) -> None:
         problem = _primitive_problem(of, value)
@@ -430,6 +432,23 @@ class _Walk:
         match = _RELATIVE_REFERENCE.fullmatch(reference)
         return match is not None and match[1] in self.table.resources
 
+    def period(self, value: dict[str, Any], path: str) -> None:
+        """per-1 (datatypes.html#Period): start SHALL NOT be after end. A partial date stands for
+        its whole span, so only a start that begins after the end's span ends is refused."""
+        start, end = _span(value.get("start")), _span(value.get("end"))
+        if start is None or end is None:
+            return  # absent or malformed: the primitive check has said so
+        (first, _), (_, last) = start, end
+        if (first.tzinfo is None) != (last.tzinfo is None):  # a bare date lies in some zone
+            first = _zoned(first, _EARLIEST_DAY)
+            last = _zoned(last, _LATEST_DAY)
+        if first >= last:
+            self.problem(
+                "invariant",
+                path,
+                f"Period start {value['start']!r} is after its end {value['end']!r} (per-1).",
+            )
+
     def spend(self, path: str) -> None:
         self.budget -= 1
         if self.budget < 0:
@@ -494,6 +513,38 @@ def _real_date(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# A date without a time has no zone: its day begins earliest at UTC+14:00, ends latest at UTC-12:00.
+_EARLIEST_DAY = timezone(timedelta(hours=14))
+_LATEST_DAY = timezone(timedelta(hours=-12))
+
+
+def _span(value: object) -> tuple[datetime, datetime] | None:
+    """When a date or dateTime begins and ends at its precision (the end exclusive): naive for a
+    date, aware for a time (FHIR gives a time with its zone); None when it is neither."""
+    if type(value) is not str:
+        return None
+    try:
+        if "T" in value:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            # A fraction is precise enough to count as a point.
+            step = timedelta(microseconds=1) if "." in value else timedelta(seconds=1)
+            return moment, moment + step
+        parts = [int(p) for p in value.split("-")]
+        year, month, day = (parts + [1, 1])[:3]
+        start = datetime(year, month, day)
+        if len(parts) == 1:
+            return start, start.replace(year=year + 1)
+        if len(parts) == 2:
+            return start, start.replace(year=year + month // 12, month=month % 12 + 1)
+        return start, start + timedelta(days=1)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _zoned(moment: datetime, zone: timezone) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
 
 
 def _full(of: _Primitive, value: str) -> bool:
