@@ -295,6 +295,7 @@ class ApiResources:
         current = await self.current(resource_id)
         existing = orjson.loads(current.content or "{}")
         given = body if isinstance(body, dict) else {}
+        sent = set(given) if partial else None
         if partial:
             given = patched(self.mapping, from_fhir(self.mapping, existing), given)
         version = given.get("version")
@@ -305,7 +306,7 @@ class ApiResources:
                 f"The record is at version {current.version_id}, not {version}; read it again",
             )
         try:
-            resource = to_fhir(self.mapping, given, existing=existing)
+            resource = to_fhir(self.mapping, given, existing=existing, sent=sent)
         except InvalidInput as errors:
             raise invalid(errors) from None
         await self.access.require_writable(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -59,6 +60,8 @@ def _field(mapping: Mapping, spec: FieldSpec, resource: dict) -> object:
         kind = _kind_of(mapping, resource)
         return _in_unit(raw, spec.unit or (kind[1].unit if kind else None))
     found = _read(spec, raw)
+    if found is None and spec.fallback_steps is not None:
+        found = _read(spec, paths.get(resource, spec.fallback_steps))
     if found is None and spec.type == "datetime" and len(spec.steps) == 1:
         return _period_start(mapping, resource, spec.steps[0].name)
     return found
@@ -168,11 +171,20 @@ def filled_on_create(mapping: Mapping, simple: object, *, now: str, caller: str 
     return filled
 
 
-def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -> dict:
+def to_fhir(
+    mapping: Mapping,
+    simple: object,
+    *,
+    existing: dict | None = None,
+    sent: Collection[str] | None = None,
+) -> dict:
     """The FHIR resource for `simple`; InvalidInput if invalid.
 
     Over `existing`, only the fields whose /api value changed are written, each in place: what
     /api does not show (other array items, a reference's display, a Period) stays as it was.
+    `sent` names the fields a PATCH sent: a required field it leaves alone is not asked for (an
+    account made without a name can still change its phone); None checks every one, as a create
+    and a PUT do.
     """
     if not isinstance(simple, dict):
         raise InvalidInput([FieldError("body", "must be a JSON object")])
@@ -203,7 +215,10 @@ def to_fhir(mapping: Mapping, simple: object, *, existing: dict | None = None) -
         rewrite = kind is not None and name == mapping.kinds.value_field  # type: ignore[union-attr]
         rewrite = rewrite and not same_kind
         value = simple.get(name, spec.default)
-        _write_field(mapping, resource, name, spec, value, kind, errors, rewrite=rewrite)
+        required = spec.required and (sent is None or name in sent)
+        _write_field(
+            mapping, resource, name, spec, value, kind, errors, rewrite=rewrite, required=required
+        )
     # Fixed values fill gaps only, once the fields are written (a participant's status goes in
     # the item its actor made): a partner's own value (an emergency Encounter's class) stays.
     for path, value in mapping.fixed.items():
@@ -238,11 +253,12 @@ def _write_field(
     errors: list[FieldError],
     *,
     rewrite: bool = False,
+    required: bool = False,
 ) -> None:
     """Set one field where it lives, in place: a value read back unchanged leaves the element
     as it was (its display, its unit, a Period, the other items of its array)."""
     if not rewrite and _same(value, _field(mapping, spec, resource)):
-        if value is None and spec.required and not _held_otherwise(mapping, spec, resource):
+        if value is None and required and not _held_otherwise(mapping, spec, resource):
             errors.append(FieldError(name, "is required"))
         return
     if value is None:

@@ -1,10 +1,17 @@
 """Element paths in the mapping files, and reading and writing JSON along them.
 
 A path is dot-separated steps; a step is a name, optionally with `[n]` (the n-th item of an array),
-`[key=value]` (the item of an array whose `key` equals `value`, created with that key when
-written) or `[key:Type]` (the item whose `key` is a Reference to a resource of that type, created
-empty when written: the rest of the path gives it the reference): `dosageInstruction[0].text`,
-`code.coding[system=http://loinc.org].code`, `participant[actor:Patient].actor`.
+`[key=value]` (the first item of an array whose `key` equals `value`, or one of `a|b`, created with
+that key when written), `[key?=a|b]` (the first item whose `key` is one of them or is left out,
+created without it), `[key:Type]` (the first item whose `key` is a Reference to a resource of that
+type, created empty when written: the rest of the path gives it the reference) or `[:Type]` (the
+first item that is itself such a Reference): `dosageInstruction[0].text`,
+`code.coding[system=http://loinc.org].code`, `name[use?=official|usual].family`,
+`participant[actor:Patient].actor`, `performer[:Practitioner]`.
+
+Selecting by a field rather than by position finds the item a partner meant, wherever it stands
+in the array: the name a person goes by, not a maiden name listed first; the doctor among the
+participants, not an escort.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from dataclasses import dataclass
 
 _STEP = re.compile(
     r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-    r"(?:\[(?P<index>\d+)\]|\[(?P<key>[A-Za-z]+)=(?P<value>[^\]]+)\]"
-    r"|\[(?P<ref>[A-Za-z]+):(?P<type>[A-Z][A-Za-z]+)\])?$"
+    r"(?:\[(?P<index>\d+)\]|\[(?P<key>[A-Za-z]+)(?P<absent>\?)?=(?P<value>[^\]|]+(?:\|[^\]|]+)*)\]"
+    r"|\[(?P<ref>[A-Za-z]*):(?P<type>[A-Z][A-Za-z]+)\])?$"
 )
 
 
@@ -30,10 +37,15 @@ class Step:
     key: str | None = None
     value: str | None = None
     holds: str | None = None  # [key:Type]: the resource type `key` refers to
+    or_absent: bool = False  # [key?=value]: an item without `key` matches too
 
     @property
     def is_array(self) -> bool:
-        return self.index is not None or self.key is not None
+        return self.index is not None or self.key is not None or self.holds is not None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(self.value.split("|")) if self.value is not None else ()
 
 
 def _split(path: str) -> list[str]:
@@ -58,16 +70,18 @@ def parse(path: str) -> tuple[Step, ...]:
         match = _STEP.match(text)
         if not match:
             raise PathError(
-                f"{path!r}: step {text!r} is not name, name[n], name[key=value] or name[key:Type]"
+                f"{path!r}: step {text!r} is not name, name[n], name[key=value], "
+                "name[key?=value], name[key:Type] or name[:Type]"
             )
         index = match.group("index")
         steps.append(
             Step(
                 match.group("name"),
                 int(index) if index else None,
-                match.group("key") or match.group("ref"),
+                match.group("key") or match.group("ref") or None,
                 match.group("value"),
                 match.group("type"),
+                bool(match.group("absent")),
             )
         )
     return tuple(steps)
@@ -95,11 +109,15 @@ def reference_id(reference: object, resource_type: str) -> str | None:
 
 
 def _matches(item: object, step: Step) -> bool:
+    if step.holds is not None and step.key is None:
+        return reference_type(item) == step.holds
     if not isinstance(item, dict):
         return False
     if step.holds is not None:
         return reference_type(item.get(step.key)) == step.holds  # type: ignore[arg-type]
-    return item.get(step.key) == step.value  # type: ignore[arg-type]
+    if step.or_absent and step.key not in item:
+        return True
+    return item.get(step.key) in step.values  # type: ignore[arg-type]
 
 
 def _item(items: list, step: Step, *, create: bool) -> dict | None:
@@ -112,7 +130,7 @@ def _item(items: list, step: Step, *, create: bool) -> dict | None:
             return item
     if not create:
         return None
-    item = {} if step.holds is not None else {step.key: step.value}
+    item = {} if step.holds is not None or step.or_absent else {step.key: step.values[0]}
     items.append(item)
     return item
 
@@ -135,11 +153,7 @@ def put(document: dict, steps: tuple[Step, ...], value: object) -> None:
         if step.is_array:
             items = node.setdefault(step.name, [])
             if last:
-                if step.index is None:
-                    raise PathError("a [key=value] or [key:Type] step cannot end a path")
-                while len(items) <= step.index:
-                    items.append(None)
-                items[step.index] = value
+                _put_item(items, step, value)
                 return
             child = _item(items, step, create=True)
             assert child is not None
@@ -148,6 +162,23 @@ def put(document: dict, steps: tuple[Step, ...], value: object) -> None:
             node[step.name] = value
         else:
             node = node.setdefault(step.name, {})
+
+
+def _put_item(items: list, step: Step, value: object) -> None:
+    """Set the item a last step names: the n-th, or the Reference of a `[:Type]` step (in its
+    place, or added after the others when there is none)."""
+    if step.index is not None:
+        while len(items) <= step.index:
+            items.append(None)
+        items[step.index] = value
+        return
+    if step.key is not None:
+        raise PathError("a [key=value] or [key:Type] step cannot end a path")
+    for position, item in enumerate(items):
+        if _matches(item, step):
+            items[position] = value
+            return
+    items.append(value)
 
 
 def remove(document: dict, steps: tuple[Step, ...]) -> None:
@@ -175,7 +206,7 @@ def _remove(node: dict, steps: tuple[Step, ...]) -> None:
     if not isinstance(items, list):
         return
     item = items[step.index] if step.index is not None and step.index < len(items) else None
-    if step.key is not None:
+    if step.index is None:
         item = _item(items, step, create=False)
     if item is None:
         return

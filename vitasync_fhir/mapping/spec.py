@@ -40,6 +40,10 @@ class FieldSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     path: str
+    # Where to read the value when `path` holds none, never written: the display of a partner's
+    # coding where /api writes a text (Synthea's medications have no text), so that the record
+    # shows its medication and sending it back unchanged adds no text and drops no coding.
+    fallback: str | None = None
     type: FieldType = "string"
     required: bool = False
     readonly: bool = False
@@ -57,6 +61,10 @@ class FieldSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
         paths.parse(self.path)
+        if self.fallback is not None:
+            paths.parse(self.fallback)
+            if self.type not in ("string", "code"):
+                raise ValueError("only a string or code field reads a fallback")
         if self.above is not None and self.type not in ("integer", "decimal", "quantity"):
             raise ValueError("only a number field has a lower bound (above)")
         if self.type == "reference" and not (self.target and is_resource_type(self.target)):
@@ -73,6 +81,10 @@ class FieldSpec(BaseModel):
     @property
     def steps(self) -> tuple[paths.Step, ...]:
         return paths.parse(self.path)
+
+    @property
+    def fallback_steps(self) -> tuple[paths.Step, ...] | None:
+        return paths.parse(self.fallback) if self.fallback is not None else None
 
 
 class Component(BaseModel):
