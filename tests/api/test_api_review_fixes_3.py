@@ -232,3 +232,46 @@ def test_a_patient_without_a_name_can_change_their_phone(client, signed_in):
     assert cleared.json()["detail"] == [{"field": "family_name", "message": "is required"}]
     replaced = client.put(f"/api/patients/{pid}", json={"phone": "+1 555 0101"}, headers=own)
     assert replaced.status_code == 422
+
+
+def test_a_drugs_name_and_code_change_together(client):
+    pid = create(client, patient())["id"]
+    rx = client.post(
+        "/api/prescriptions",
+        json={
+            "patient_id": pid,
+            "medication": "Amoxicillin 500 mg capsule",
+            "medication_code": "308191",
+        },
+    ).json()
+    path = f"/api/prescriptions/{rx['id']}"
+    for change, missing in (
+        ({"medication": "Penicillin V 250 mg"}, "medication_code"),
+        ({"medication_code": "834061"}, "medication"),
+    ):
+        refused = client.patch(path, json=change)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["field"] == missing
+    stored = client.get(f"/fhir/MedicationRequest/{rx['id']}").json()["medicationCodeableConcept"]
+    assert (
+        stored["text"] == "Amoxicillin 500 mg capsule" and stored["coding"][0]["code"] == "308191"
+    )
+    both = client.patch(
+        path, json={"medication": "Penicillin V 250 mg", "medication_code": "834061"}
+    )
+    assert both.status_code == 200, both.text
+    assert (
+        both.json()["medication"] == "Penicillin V 250 mg"
+        and both.json()["medication_code"] == "834061"
+    )
+    # Without a code, the name alone may change; a note alone touches neither.
+    plain = client.post(
+        "/api/prescriptions", json={"patient_id": pid, "medication": "Vitamin D"}
+    ).json()
+    assert (
+        client.patch(
+            f"/api/prescriptions/{plain['id']}", json={"medication": "Vitamin D3"}
+        ).status_code
+        == 200
+    )
+    assert client.patch(path, json={"notes": "with food"}).status_code == 200

@@ -32,6 +32,7 @@ from vitasync_fhir.mapping.convert import (
     is_of_kind,
     patched,
     to_fhir,
+    unpaired,
 )
 from vitasync_fhir.mapping.spec import Mapping
 
@@ -297,7 +298,11 @@ class ApiResources:
         given = body if isinstance(body, dict) else {}
         sent = set(given) if partial else None
         if partial:
-            given = patched(self.mapping, from_fhir(self.mapping, existing), given)
+            before = from_fhir(self.mapping, existing)
+            errors = unpaired(self.mapping, before, given)
+            if errors:
+                raise invalid(InvalidInput(errors))
+            given = patched(self.mapping, before, given)
         version = given.get("version")
         if version is not None and str(version) != str(current.version_id):
             raise FhirError(

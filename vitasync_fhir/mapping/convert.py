@@ -155,6 +155,27 @@ def patched(mapping: Mapping, current: dict, changes: dict) -> dict:
     return merged
 
 
+def unpaired(mapping: Mapping, current: dict, changes: dict) -> list[FieldError]:
+    """The fields a PATCH must send with those it changes (`goes_with`, both ways): a new drug
+    name beside the old drug's code, or a new code beside the old name, would name two drugs."""
+    errors = []
+    for name, spec in mapping.fields.items():
+        other = spec.goes_with
+        if other is None:
+            continue
+        for changed, missing in ((name, other), (other, name)):
+            if (
+                changed in changes
+                and changes[changed] != current.get(changed)
+                and missing not in changes
+                and current.get(missing) is not None
+            ):
+                errors.append(
+                    FieldError(missing, f"must be sent with {changed}, which names the same thing")
+                )
+    return errors
+
+
 def filled_on_create(mapping: Mapping, simple: object, *, now: str, caller: str | None) -> object:
     """`simple` with the fields a create leaves out (or null) filled as `on_create` says: `now`,
     or the id of the `caller` ("Practitioner/9") when it is of the field's target type."""

@@ -55,6 +55,9 @@ class FieldSpec(BaseModel):
     # What a create that leaves the field out gets: `now`, the server's clock (a datetime);
     # `caller`, the caller's own resource of the target type (a doctor is the prescriber).
     on_create: Literal["now", "caller"] | None = None
+    # A field that names the same thing another way (a drug's name and its RxNorm code): a PATCH
+    # that changes one must send the other, or the record would name two drugs.
+    goes_with: str | None = None
     example: str | int | float | bool | None = None
     description: str | None = None
 
@@ -159,6 +162,8 @@ class Mapping(BaseModel):
         if unknown:
             raise ValueError(f"listing names unknown {self.resource} search parameters {unknown}")
         for name, field in self.fields.items():
+            if field.goes_with is not None and field.goes_with not in self.fields:
+                raise ValueError(f"field {name!r} goes with {field.goes_with!r}, not a field")
             if field.type == "quantity" and field.unit is None and self.kinds is None:
                 raise ValueError(
                     f"field {name!r}: a quantity needs a unit (or kinds that give one)"
