@@ -244,7 +244,12 @@ def component_values(kind: str, found: list, base: str = "") -> list[tuple]:
             out.extend((None, None, n, None, None) for (n,) in values.number_rows(value, type_code))
         elif kind == "reference":
             refs = values.reference_rows(value, type_code, base)[0]
-            out.extend((t, i or u, None, None, None) for t, i, u in refs)
+            # a contained reference (url "#p1") is there only for `:missing`, of the parameter
+            out.extend(
+                (t, i or u, None, None, None)
+                for t, i, u in refs
+                if i or not (u or "").startswith("#")
+            )
         elif kind == "uri":
             out.extend((None, u, None, None, None) for (u,) in values.uri_rows(value, type_code))
     return out

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import FromClause
 
 from vitasync_fhir.fhir.models import resource_types
-from vitasync_fhir.fhir.search import dates, registry
+from vitasync_fhir.fhir.search import bindings, dates, registry
 from vitasync_fhir.fhir.search.boolean import all_of, any_of
 from vitasync_fhir.fhir.search.params import (
     ANY_SYSTEM,
@@ -153,14 +153,26 @@ def criterion_clause(
         return _has_clause(c, r, types, restrict)
     if c.chain:
         return _chain_clause(c, r, types, restrict)
+    if c.missing is not None:
+        return _missing_clause(c, r, types)
     table, param = _index_of(c)
     t = table.alias()
-    if c.missing is not None:
-        return _lacks(r, t, param, true()) if c.missing else _member(r, types, t, param, true())
-    where = values_clause(c, t)
+    where = values_clause(c, t, types)
     if c.modifier == "not":
         return _lacks(r, t, param, where)
     return _member(r, types, t, param, where)
+
+
+def _missing_clause(c: Criterion, r: FromClause, types: Types) -> ColumnElement[bool]:
+    """`:missing`: whether `r` has no index row of the parameter. A reference that names its
+    target only by identifier has just `:identifier` rows, yet it is there all the same (a
+    reference to a contained resource has a row of its own, see values.reference_rows)."""
+    indexes = [_index_of(c)]
+    if c.param.type == "reference" and c.modifier != "identifier":
+        indexes.append((search_token, c.param.code + ":identifier"))
+    if c.missing:
+        return all_of([_lacks(r, table.alias(), param, true()) for table, param in indexes])
+    return any_of([_member(r, types, table.alias(), param, true()) for table, param in indexes])
 
 
 def _index_of(c: Criterion) -> tuple[Any, str]:
@@ -196,7 +208,7 @@ def _has_sources(c: Criterion, restrict: Restrict | None, *, of: Any = None) -> 
     if _sources_indexed(c, restrict):
         table, param = _index_of(inner)
         t = table.alias()
-        value = values_clause(inner, t)
+        value = values_clause(inner, t, (source_type,))
         if of is None:
             return select(t.c.resource_id).where(
                 t.c.resource_type == source_type, t.c.param == param, value
@@ -346,28 +358,37 @@ def compartment_clause(r: FromClause, types: Types, patient_id: str) -> ColumnEl
 # -- values ---------------------------------------------------------------------------------------
 
 
-def values_clause(c: Criterion, t: FromClause) -> ColumnElement[bool]:
-    """Any of the values of `c` on the index rows `t`. Values that are plain equalities of one
-    shape (codes of one system, ids of one target type, urls) become one IN list, which any
-    number of values keeps shallow and both databases answer from the index."""
+def values_clause(c: Criterion, t: FromClause, types: Types = ()) -> ColumnElement[bool]:
+    """Any of the values of `c` on the index rows `t` of resources of `types` (any when empty).
+    Values that are plain equalities of one shape (codes of one system, ids of one target type,
+    urls) become one IN list, which any number of values keeps shallow and both databases
+    answer from the index."""
+    implicit = (
+        bindings.implicit_systems(c.param.url, types) if c.param.type == "token" else bindings.NONE
+    )
     groups: dict[tuple, list[Any]] = {}
     others: list[ColumnElement[bool]] = []
     for v in c.values:
-        shape = _equality_shape(c, v)
+        shape = _equality_shape(c, v, implicit)
         if shape is None:
-            others.append(value_clause(c, v, t))
+            others.append(value_clause(c, v, t, implicit=implicit))
         else:
             groups.setdefault(shape, []).append(v)
     listed = [
-        _equal_to_any(c, shape, found, t) if len(found) > 1 else value_clause(c, found[0], t)
+        _equal_to_any(c, shape, found, t)
+        if len(found) > 1
+        else value_clause(c, found[0], t, implicit=implicit)
         for shape, found in groups.items()
     ]
     return any_of([*listed, *others])
 
 
-def _equality_shape(c: Criterion, v: Any) -> tuple | None:
-    """What an equality value shares with the others it can be listed with, or None."""
+def _equality_shape(c: Criterion, v: Any, implicit: bindings.Implicit) -> tuple | None:
+    """What an equality value shares with the others it can be listed with, or None. A system
+    written for a parameter on bound `code` elements is weighed per code (token_clause)."""
     if isinstance(v, TokenValue) and c.modifier in (None, "not", "identifier") and v.code:
+        if implicit and c.modifier != "identifier" and v.system is not ANY_SYSTEM:
+            return None
         return ("token", v.system)
     if isinstance(v, ReferenceValue) and c.param.type == "reference":
         return ("url",) if v.url is not None else ("reference", v.type)
@@ -386,7 +407,9 @@ def _equal_to_any(c: Criterion, shape: tuple, found: list[Any], t: FromClause) -
     return _of_target_type(c, shape[1], t.c.target_id.in_([v.id for v in found]), t.c.target_type)
 
 
-def value_clause(c: Criterion, v: Any, t: FromClause) -> ColumnElement[bool]:
+def value_clause(
+    c: Criterion, v: Any, t: FromClause, *, implicit: bindings.Implicit = bindings.NONE
+) -> ColumnElement[bool]:
     kind = c.param.type
     if c.modifier in ("identifier", "of-type"):
         if isinstance(v, OfTypeValue):
@@ -397,7 +420,7 @@ def value_clause(c: Criterion, v: Any, t: FromClause) -> ColumnElement[bool]:
     if kind == "token":
         if c.modifier == "text":
             return prefix_clause(t.c.text, normalize(v.text))
-        return token_clause(v, t.c.system, t.c.code)
+        return token_clause(v, t.c.system, t.c.code, implicit=implicit)
     if kind == "date":
         return date_clause(v, t.c.low, t.c.high)
     if kind == "number":
@@ -449,14 +472,24 @@ def string_clause(
     return prefix_clause(value, norm)
 
 
-def token_clause(v: TokenValue, system: Any, code: Any) -> ColumnElement[bool]:
+def token_clause(
+    v: TokenValue, system: Any, code: Any, *, implicit: bindings.Implicit = bindings.NONE
+) -> ColumnElement[bool]:
+    """`implicit` holds the code systems of the parameter's bound `code` elements, whose rows
+    have no system (bindings.py): `system|code` matches such a row when `system` is the code's
+    own, and `|code` (no system at all) does not: the code has a system, an implicit one."""
     if v.code is None:
-        return system == v.system
+        own = system == v.system
+        codes = sorted(c for c, systems in implicit.items() if v.system in systems)
+        return or_(own, and_(code.in_(codes), system.is_(None))) if codes else own
     if v.system is ANY_SYSTEM:
         return code == v.code
     if v.system is None:
-        return and_(code == v.code, system.is_(None))
-    return and_(code == v.code, system == v.system)
+        return false() if v.code in implicit else and_(code == v.code, system.is_(None))
+    own = and_(code == v.code, system == v.system)
+    if v.system in implicit.get(v.code, ()):
+        return or_(own, and_(code == v.code, system.is_(None)))
+    return own
 
 
 def _approximate(low: int, high: int) -> tuple[int, int]:

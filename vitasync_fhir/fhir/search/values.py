@@ -215,7 +215,9 @@ def parse_reference(reference: str, base: str = "") -> tuple[str | None, str | N
 
 def reference_rows(value: Any, type_code: str, base: str = "") -> tuple[list[tuple], list[tuple]]:
     """([(target type, target id, url)], [(system, value, None)] of Reference.identifier);
-    `base` is the server's FHIR base, which references may be written with."""
+    `base` is the server's FHIR base, which references may be written with. A reference to a
+    contained resource (`#p1`) matches no search value, but its row (url "#p1") tells
+    `:missing` that the reference is there; a search value never parses to such a url."""
     if isinstance(value, str):
         return [(None, None, value)], []
     if not isinstance(value, dict):
@@ -226,6 +228,8 @@ def reference_rows(value: Any, type_code: str, base: str = "") -> tuple[list[tup
         target_type, target_id, url = parse_reference(reference, base)
         if target_id or url:
             rows.append((target_type, target_id, url))
+        elif reference.startswith("#"):
+            rows.append((None, None, reference))
     identifiers = []
     identifier = value.get("identifier")
     if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
