@@ -222,3 +222,25 @@ def test_batch_entries_the_server_does_not_serve_say_so(client) -> None:  # type
         assert answer.status_code == 200, answer.text
         status = answer.json()["entry"][0]["response"]["status"]
         assert status.startswith("400"), (url, status)
+
+
+def test_a_batch_entry_with_if_none_exist_anywhere_in_the_batch(client) -> None:  # type: ignore[no-untyped-def]
+    """Each batch entry runs alone: a conditional create after other entries is its own, created
+    once and found the second time (a twin lookup among the entries found the entry itself)."""
+    entries = [
+        {
+            "resource": _patient(value),
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": f"identifier=urn:t|{value}",
+            },
+        }
+        for value in ("b1", "b2", "b2")
+    ]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": entries}
+    answer = client.post("/fhir", json=batch, headers=FHIR_JSON)
+    assert answer.status_code == 200, answer.text
+    statuses = [e["response"]["status"] for e in answer.json()["entry"]]
+    assert statuses == ["201 Created", "201 Created", "200 OK"], answer.text
+    assert len(_ids(client, "b1")) == len(_ids(client, "b2")) == 1

@@ -101,6 +101,9 @@ class Transaction:
         self.prefer = prefer
         self.ids: dict[str, str] = {}
         self.conditional_refs: dict[str, str] = {}
+        # The POST entries resolved so far by their (type, ifNoneExist): a later entry with the
+        # same condition is the same resource (its twin), not a second one.
+        self.conditions: dict[tuple[str, tuple], Entry] = {}
         self.needles: tuple[bytes, ...] | None = None
 
     async def run(self) -> str:
@@ -197,8 +200,10 @@ class Transaction:
         if entry.method == "POST":
             if entry.if_none_exist:
                 # An earlier entry with the same condition: this one is its resource.
-                entry.twin = self._same_condition(entry, entry.if_none_exist)
+                key = _condition_key(entry.resource_type, entry.if_none_exist)
+                entry.twin = self.conditions.get(key)
                 if entry.twin is None:
+                    self.conditions[key] = entry
                     entry.existing = await r.conditional_match(
                         entry.resource_type, entry.if_none_exist, hold=True
                     )
@@ -216,20 +221,6 @@ class Transaction:
             return
         if entry.full_url:
             self.ids[entry.full_url] = f"{entry.resource_type}/{entry.resource_id}"
-
-    def _same_condition(self, entry: Entry, condition: str) -> Entry | None:
-        """The earlier POST entry of this transaction with the same type and ifNoneExist (in
-        any order of its parameters), whose resource this entry then is (not a second one)."""
-        key = _condition_key(entry.resource_type, condition)
-        for other in self.entries[: entry.index]:
-            if (
-                other.method == "POST"
-                and other.if_none_exist
-                and other.twin is None
-                and _condition_key(other.resource_type, other.if_none_exist) == key
-            ):
-                return other
-        return None
 
     async def _plan(self, entry: Entry, currents: dict[tuple[str, str], Version]) -> Write | None:
         r = self.resources

@@ -109,6 +109,17 @@ def choice_siblings(resource_type: str, name: str) -> tuple[str, ...]:
     return tuple(k for k, s in current.elements.items() if s.group == spec.group and k != name)
 
 
+def code_binding(owner: str, key: str) -> dict[str, frozenset[str]] | None:
+    """The codes, per code system, of the required binding of the `code` element `key` of
+    `owner` (a type or backbone path); None for another element or no such binding. Search reads
+    a `code` element's implicit system from it (search/bindings.py)."""
+    current = _table().types.get(owner)
+    spec = current.elements.get(key) if current is not None else None
+    if spec is None or spec.type != "code":
+        return None
+    return spec.systems
+
+
 # -- the R4 table -------------------------------------------------------------------------------
 
 

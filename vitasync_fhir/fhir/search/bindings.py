@@ -3,8 +3,8 @@
 A `code` element carries no system: R4 search (token, data type `code`) says its system is the
 one of the value set it is bound to. The index stores such values with no system, so a query's
 system is checked here instead, against the element's required binding in the validator's R4
-table (definitions/r4-elements.json, which lists the codes of each bound value set per code
-system). Nothing is reindexed for it, and nothing but the table decides it.
+table (validation.code_binding: the codes of each bound value set per code system). Nothing
+is reindexed for it, and nothing but the table decides it.
 """
 
 from __future__ import annotations
@@ -13,32 +13,25 @@ from collections.abc import Mapping
 from functools import cache
 from types import MappingProxyType
 
-import orjson
-
+from vitasync_fhir.fhir import validation
 from vitasync_fhir.fhir.search import fhirpath, registry
-from vitasync_fhir.fhir.validation import TABLE_PATH
 
 Implicit = Mapping[str, frozenset[str]]  # code -> the code systems it is a code of
 NONE: Implicit = MappingProxyType({})
 
 
 @cache
-def _bound_codes() -> dict[tuple[str, str], Implicit]:
-    """(type or backbone path, json key) of each `code` element with a required binding."""
-    raw = orjson.loads(TABLE_PATH.read_bytes())
-    valuesets = []
-    for valueset in raw["valuesets"]:
-        codes: dict[str, set[str]] = {}
-        for system, listed in valueset["codes"].items():
-            for code in listed:
-                codes.setdefault(code, set()).add(system)
-        valuesets.append(MappingProxyType({c: frozenset(s) for c, s in codes.items()}))
-    return {
-        (owner, key): valuesets[spec[3]]
-        for owner, entry in raw["types"].items()
-        for key, spec in entry["elements"].items()
-        if spec[0] == "code" and spec[3] >= 0
-    }
+def _bound_codes(owner: str, key: str) -> Implicit:
+    """code -> its code systems, for one `code` element with a required binding (the validator's
+    table, turned around)."""
+    systems = validation.code_binding(owner, key)
+    if not systems:
+        return NONE
+    codes: dict[str, set[str]] = {}
+    for system, listed in systems.items():
+        for code in listed:
+            codes.setdefault(code, set()).add(system)
+    return MappingProxyType({c: frozenset(s) for c, s in codes.items()})
 
 
 def _code_elements(part: str) -> list[tuple[str, str]]:
@@ -79,7 +72,7 @@ def implicit_systems(url: str, types: tuple[str, ...] = ()) -> Implicit:
         except fhirpath.Unsupported:
             continue
         for element in elements:
-            for code, systems in _bound_codes().get(element, NONE).items():
+            for code, systems in _bound_codes(*element).items():
                 found.setdefault(code, set()).update(systems)
     if not found:
         return NONE
